@@ -12,6 +12,7 @@ so they do not depend on the latent size; ratios are plain L2 ratios.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -81,6 +82,7 @@ def compute_curves(
     noise_coef: list[float],
     sigmas: list[float],
     low_fraction: float = 0.2,
+    on_step: Callable[[int], None] | None = None,
 ) -> FrequencyCurves:
     """Build every curve of Fig. 2b/2c for one run.
 
@@ -88,6 +90,7 @@ def compute_curves(
     x0_pred[i]: the model's prediction of x_0 at step i. x0_final: the sampled result.
     noise: the run's initial noise eps, used for the forward noising of ``x0_final`` with the
     same coefficients ``signal_coef[i]`` (a_i) and ``noise_coef[i]`` (b_i).
+    ``on_step(i)`` is called after each step's curves (for progress bars).
     """
     n = len(sigmas)
     if not (len(xt) == len(x0_pred) == len(signal_coef) == len(noise_coef) == n):
@@ -119,4 +122,6 @@ def compute_curves(
         out["forward_noise_high"].append(float(rms(b * eps_high).mean()))
         out["ratio_forward_low"].append(_ratio((a - 1.0) * x0_low + b * eps_low, ref_low))
         out["ratio_forward_high"].append(_ratio((a - 1.0) * x0_high + b * eps_high, ref_high))
+        if on_step is not None:
+            on_step(i)
     return FrequencyCurves([float(s) for s in sigmas], float(low_fraction), out)

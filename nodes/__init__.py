@@ -1,0 +1,21 @@
+"""ShapeFirst's ComfyUI nodes (V3 schema). Imported only as part of the pack (relative imports):
+ComfyUI has a top-level module called ``nodes`` too."""
+
+from ._api import ComfyExtension, io
+from .frequency_split import FrequencySplitPreview
+from .frequency_trace import FrequencyCurves, FrequencyTrace
+
+NODE_LIST: list[type[io.ComfyNode]] = [
+    FrequencySplitPreview,
+    FrequencyTrace,
+    FrequencyCurves,
+]
+
+
+class ShapeFirstExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODE_LIST)
+
+
+async def comfy_entrypoint() -> ShapeFirstExtension:
+    return ShapeFirstExtension()

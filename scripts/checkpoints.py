@@ -1,0 +1,311 @@
+#!/usr/bin/env python3
+"""Seeded random-weight checkpoints of REAL Stable Diffusion architectures, small enough for CPU.
+
+No pretrained weights can be downloaded here, so tests build checkpoints from ComfyUI's own
+classes (UNetModel, CLIPTextModel, TAESD) with every tensor initialised by torch's default init
+under a fixed seed, and save them in the single-file checkpoint layout that ComfyUI's
+``CheckpointLoaderSimple`` (``comfy.sd.load_checkpoint_guess_config``) loads and detects:
+
+* the UNet keeps what ComfyUI's detection needs (model_channels, context_dim, linear-in-transformer,
+  ADM input, and for SDXL the input transformer depths) at reduced depth;
+* the text encoders are full size: ComfyUI fixes their configs, a shallower one loads with
+  "clip missing" keys left uninitialised;
+* the VAE is a TAESD (``first_stage_model.taesd_encoder/decoder...``), which ComfyUI builds instead
+  of the 84 M parameter AutoencoderKL.
+
+Adding an architecture = one ``SPECS`` entry. The ComfyUI folder must be importable and, without a
+GPU, ``comfy.cli_args.args.cpu = True`` set before ``comfy.model_management`` is first imported
+(``__main__`` does both). Usage: ``python scripts/checkpoints.py --kind sd15 --out DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Bump whenever the produced tensors change: it is part of the cached file name.
+BUILD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TextEncoderSpec:
+    prefix: str  # checkpoint key prefix of the encoder
+    config: str  # ComfyUI's json config, relative to the ``comfy`` package
+    layout: str  # "hf": transformers CLIPTextModel keys; "openclip": open_clip keys (SD2, SDXL's G)
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    config_class: str  # class name in comfy.supported_models that detection must pick
+    unet: dict  # UNetModel config as comfy.model_detection.detect_unet_config reports it
+    text_encoders: tuple[TextEncoderSpec, ...]
+    vae_prefix: str = "first_stage_model."
+    out_scale: float = 1.0  # multiplies the UNet's last conv (keeps the eps prediction moderate)
+
+
+def _unet(context_dim, linear, adm=None, channel_mult=(1,), res_blocks=1, depth=(1,),
+          depth_out=(1, 1), depth_middle=1):
+    return {
+        "image_size": 32, "use_spatial_transformer": True, "legacy": False, "use_checkpoint": False,
+        "in_channels": 4, "out_channels": 4, "model_channels": 320,
+        "num_res_blocks": [res_blocks] * len(channel_mult), "channel_mult": list(channel_mult),
+        "transformer_depth": list(depth), "transformer_depth_output": list(depth_out),
+        "transformer_depth_middle": depth_middle, "use_linear_in_transformer": linear,
+        "context_dim": context_dim, "adm_in_channels": adm,
+        **({"num_classes": "sequential"} if adm else {}),
+        "use_temporal_resblock": False, "use_temporal_attention": False,
+    }
+
+
+CLIP_L = "sd1_clip_config.json"
+SPECS: dict[str, ArchSpec] = {
+    # SD1.x: 320 channels, context 768, conv proj_in/out, no ADM. UNet about 26 M parameters.
+    "sd15": ArchSpec("SD15", _unet(768, linear=False),
+                     (TextEncoderSpec("cond_stage_model.transformer.", CLIP_L, "hf"),)),
+    # SD2.x: context 1024, linear proj_in/out; OpenCLIP ViT-H text encoder (pads with token 0).
+    # Always detected as EPS: SD20.model_type reads output_blocks.11, which this depth lacks.
+    "sd2x": ArchSpec("SD20", _unet(1024, linear=True),
+                     (TextEncoderSpec("cond_stage_model.model.", "text_encoders/sd2_clip_config.json",
+                                      "openclip"),)),
+    # SDXL: detection requires the input transformer depths [0, 0, 2, 2, 10, 10] (6 res blocks),
+    # kept at 320 channels everywhere with no output transformers. clip_l + clip_g (bigG).
+    "sdxl": ArchSpec("SDXL", _unet(2048, linear=True, adm=2816, channel_mult=(1, 1, 1), res_blocks=2,
+                                   depth=(0, 0, 2, 2, 10, 10), depth_out=(0,) * 9),
+                     (TextEncoderSpec("conditioner.embedders.0.transformer.", CLIP_L, "hf"),
+                      TextEncoderSpec("conditioner.embedders.1.model.", "clip_config_bigg.json",
+                                      "openclip"))),
+}
+UNET_PREFIX = "model.diffusion_model."
+
+
+# ---------------------------------------------------------------- shared helpers
+def _torch_reset(cls):
+    """torch.nn's own reset_parameters for a (ComfyUI subclass of a) torch layer, else None.
+
+    comfy.ops' layers override reset_parameters with a no-op; the torch base class's method is
+    torch's default init."""
+    for c in cls.__mro__:
+        if c.__module__.startswith("torch.nn.") and "reset_parameters" in vars(c):
+            return vars(c)["reset_parameters"]
+    return None
+
+
+def init_default(module, seed: int, constants: tuple[str, ...] = ()):
+    """Initialise every parameter of ``module`` with torch's default init under ``seed``.
+
+    Parameters that no torch layer owns must be named in ``constants`` (they keep the value
+    their constructor gave them), otherwise this raises. The global RNG state is restored."""
+    import torch
+
+    covered = set()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for m in module.modules():
+            reset = _torch_reset(type(m))
+            if reset is not None:
+                reset(m)
+                covered.update(id(p) for p in m.parameters(recurse=False))
+    for name, p in module.named_parameters():
+        if id(p) not in covered and name not in constants:
+            raise RuntimeError(f"no default init for parameter {name!r}")
+    return module
+
+
+def _check_finite(sd: dict, what: str):
+    import torch
+
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise RuntimeError(f"{what}: non-finite tensors {bad[:5]}")
+
+
+def _unet_state_dict(spec: ArchSpec, seed: int) -> dict:
+    import comfy.ops
+    import comfy.supported_models
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    config = getattr(comfy.supported_models, spec.config_class)(spec.unet).unet_config
+    unet = init_default(UNetModel(**config, device="cpu", operations=comfy.ops.disable_weight_init), seed)
+    sd = unet.state_dict()
+    sd["out.2.weight"].mul_(spec.out_scale)
+    sd["out.2.bias"].mul_(spec.out_scale)
+    return {UNET_PREFIX + k: v for k, v in sd.items()}
+
+
+def _to_openclip(sd: dict) -> dict:
+    """transformers CLIPTextModel keys -> open_clip keys (inverse of comfy.utils.transformers_convert)."""
+    import torch
+
+    out = {"token_embedding.weight": sd.pop("text_model.embeddings.token_embedding.weight"),
+           "positional_embedding": sd.pop("text_model.embeddings.position_embedding.weight"),
+           "ln_final.weight": sd.pop("text_model.final_layer_norm.weight"),
+           "ln_final.bias": sd.pop("text_model.final_layer_norm.bias"),
+           "text_projection": sd.pop("text_projection.weight").t().contiguous()}
+    names = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc",
+             "mlp.fc2": "mlp.c_proj", "self_attn.out_proj": "attn.out_proj"}
+    i = 0
+    while f"text_model.encoder.layers.{i}.layer_norm1.weight" in sd:
+        src, dst = f"text_model.encoder.layers.{i}.", f"transformer.resblocks.{i}."
+        for a, b in names.items():
+            for t in ("weight", "bias"):
+                out[f"{dst}{b}.{t}"] = sd.pop(f"{src}{a}.{t}")
+        for t in ("weight", "bias"):
+            out[f"{dst}attn.in_proj_{t}"] = torch.cat([sd.pop(f"{src}self_attn.{p}_proj.{t}") for p in "qkv"])
+        i += 1
+    if sd:
+        raise RuntimeError(f"unconverted text encoder keys: {sorted(sd)[:5]}")
+    return out
+
+
+def _text_encoder_state_dict(te: TextEncoderSpec, seed: int) -> dict:
+    import json
+
+    import comfy.clip_model
+    import comfy.ops
+
+    with open(Path(comfy.clip_model.__file__).parent / te.config) as f:
+        config = json.load(f)
+    model = comfy.clip_model.CLIPTextModel(config, None, "cpu", comfy.ops.disable_weight_init)
+    sd = init_default(model, seed).state_dict()
+    if te.layout == "openclip":
+        sd = _to_openclip(sd)
+    else:  # real SD1.x / SDXL checkpoints carry no projection for CLIP-L (ComfyUI ignores it)
+        sd.pop("text_projection.weight")
+    return {te.prefix + k: v for k, v in sd.items()}
+
+
+def _vae_state_dict(spec: ArchSpec, seed: int) -> dict:
+    import comfy.taesd.taesd
+
+    taesd = init_default(comfy.taesd.taesd.TAESD(latent_channels=4), seed,
+                         constants=("vae_scale", "vae_shift"))
+    return {spec.vae_prefix + k: v for k, v in taesd.state_dict().items()}
+
+
+def build_state_dict(kind: str, seed: int = 0) -> dict:
+    """All tensors of a tiny ``kind`` checkpoint (fp16, contiguous, finite), keyed as on disk."""
+    import torch
+
+    spec = SPECS[kind]
+    sd = _unet_state_dict(spec, seed * 16)
+    for i, te in enumerate(spec.text_encoders):
+        sd.update(_text_encoder_state_dict(te, seed * 16 + 1 + i))
+    sd.update(_vae_state_dict(spec, seed * 16 + 15))
+    sd = {k: v.detach().to(torch.float16).contiguous() for k, v in sd.items()}
+    _check_finite(sd, kind)
+    return sd
+
+
+def detected_config_class(sd: dict) -> str | None:
+    """Name of the comfy.supported_models class ComfyUI's detection picks for a checkpoint dict."""
+    import comfy.model_detection
+
+    config = comfy.model_detection.model_config_from_unet(sd, UNET_PREFIX)
+    return None if config is None else type(config).__name__
+
+
+def build(kind: str, path, seed: int = 0) -> Path:
+    """Build a tiny ``kind`` checkpoint and write it to ``path`` (.safetensors)."""
+    import safetensors.torch
+
+    t0 = time.perf_counter()
+    sd = build_state_dict(kind, seed)
+    found = detected_config_class(sd)
+    if found != SPECS[kind].config_class:
+        raise RuntimeError(f"{kind}: ComfyUI detects {found}, expected {SPECS[kind].config_class}")
+    meta = {"shapefirst.kind": kind, "shapefirst.seed": str(seed),
+            "shapefirst.build_version": str(BUILD_VERSION)}
+    safetensors.torch.save_file(sd, str(path), metadata=meta)
+    n = sum(v.numel() for v in sd.values())
+    log.info("built %s seed %d: %.1f M parameters in %.1f s -> %s", kind, seed, n / 1e6,
+             time.perf_counter() - t0, path)
+    return Path(path)
+
+
+def build_tiny_sd15(path, seed: int = 0) -> Path:
+    return build("sd15", path, seed)
+
+
+def build_tiny_sd2x(path, seed: int = 0) -> Path:
+    return build("sd2x", path, seed)
+
+
+def build_tiny_sdxl(path, seed: int = 0) -> Path:
+    return build("sdxl", path, seed)
+
+
+def checkpoint_name(kind: str, seed: int = 0) -> str:
+    return f"shapefirst-tiny-{kind}-s{seed}-v{BUILD_VERSION}.safetensors"
+
+
+def ensure_checkpoint(kind: str, models_dir, seed: int = 0) -> Path:
+    """Path of the cached tiny ``kind`` checkpoint in ``models_dir``, built first if missing.
+
+    The file is written under a temporary name and renamed into place atomically, so concurrent
+    callers never see a partial file."""
+    if kind not in SPECS:
+        raise ValueError(f"unknown kind {kind!r}; known: {sorted(SPECS)}")
+    models_dir = Path(models_dir)
+    path = models_dir / checkpoint_name(kind, seed)
+    if path.exists():
+        return path
+    models_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=models_dir)
+    os.close(fd)
+    try:
+        build(kind, tmp, seed)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_checkpoint(path, kind: str | None = None):
+    """Load with ComfyUI's own loader; check the detected class and the TAESD VAE.
+
+    Returns ComfyUI's ``(model_patcher, clip, vae, clipvision)``."""
+    import comfy.sd
+    import comfy.taesd.taesd
+
+    out = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=True, output_clip=True,
+                                                embedding_directory=None)
+    model, clip, vae = out[:3]
+    if kind is not None:
+        found = type(model.model.model_config).__name__
+        if found != SPECS[kind].config_class:
+            raise RuntimeError(f"{path}: loaded as {found}, expected {SPECS[kind].config_class}")
+    if clip is None or not isinstance(vae.first_stage_model, comfy.taesd.taesd.TAESD):
+        raise RuntimeError(f"{path}: missing text encoder or TAESD VAE")
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--kind", default="sd15", choices=sorted(SPECS))
+    parser.add_argument("--out", required=True, help="folder for the checkpoint (e.g. models/checkpoints)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH") or
+                        str(Path(__file__).resolve().parent.parent / ".runtime" / "ComfyUI"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    sys.path.insert(0, args.comfyui)
+    import comfy.cli_args
+
+    if "comfy.model_management" not in sys.modules:
+        comfy.cli_args.args.cpu = True
+    print(ensure_checkpoint(args.kind, args.out, args.seed))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
