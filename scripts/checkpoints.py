@@ -21,6 +21,7 @@ GPU, ``comfy.cli_args.args.cpu = True`` set before ``comfy.model_management`` is
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -48,7 +49,6 @@ class ArchSpec:
     unet: dict  # UNetModel config as comfy.model_detection.detect_unet_config reports it
     text_encoders: tuple[TextEncoderSpec, ...]
     vae_prefix: str = "first_stage_model."
-    out_scale: float = 1.0  # multiplies the UNet's last conv (keeps the eps prediction moderate)
 
 
 def _unet(context_dim, linear, adm=None, channel_mult=(1,), res_blocks=1, depth=(1,),
@@ -134,10 +134,9 @@ def _unet_state_dict(spec: ArchSpec, seed: int) -> dict:
 
     config = getattr(comfy.supported_models, spec.config_class)(spec.unet).unet_config
     unet = init_default(UNetModel(**config, device="cpu", operations=comfy.ops.disable_weight_init), seed)
-    sd = unet.state_dict()
-    sd["out.2.weight"].mul_(spec.out_scale)
-    sd["out.2.bias"].mul_(spec.out_scale)
-    return {UNET_PREFIX + k: v for k, v in sd.items()}
+    # No rescaling needed: the output is conv(silu(GroupNorm(h))), bounded whatever the input, so
+    # euler + cfg 7.5 stays finite (the final latent simply keeps most of the initial noise).
+    return {UNET_PREFIX + k: v for k, v in unet.state_dict().items()}
 
 
 def _to_openclip(sd: dict) -> dict:
@@ -166,8 +165,6 @@ def _to_openclip(sd: dict) -> dict:
 
 
 def _text_encoder_state_dict(te: TextEncoderSpec, seed: int) -> dict:
-    import json
-
     import comfy.clip_model
     import comfy.ops
 
@@ -221,8 +218,9 @@ def build(kind: str, path, seed: int = 0) -> Path:
     found = detected_config_class(sd)
     if found != SPECS[kind].config_class:
         raise RuntimeError(f"{kind}: ComfyUI detects {found}, expected {SPECS[kind].config_class}")
-    meta = {"shapefirst.kind": kind, "shapefirst.seed": str(seed),
-            "shapefirst.build_version": str(BUILD_VERSION)}
+    # One metadata entry: safetensors writes several in random (hash map) order, and the file
+    # must be byte-identical for the same seed.
+    meta = {"shapefirst": json.dumps({"kind": kind, "seed": seed, "build_version": BUILD_VERSION})}
     safetensors.torch.save_file(sd, str(path), metadata=meta)
     n = sum(v.numel() for v in sd.values())
     log.info("built %s seed %d: %.1f M parameters in %.1f s -> %s", kind, seed, n / 1e6,

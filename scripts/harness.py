@@ -117,6 +117,7 @@ class ComfyHarness:
                 "output": cls.RETURN_TYPES,
                 "output_name": getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES),
                 "name": name,
+                "display_name": nodes.NODE_DISPLAY_NAME_MAPPINGS.get(name, name),
                 "output_node": bool(getattr(cls, "OUTPUT_NODE", False)),
                 "category": getattr(cls, "CATEGORY", "sd"),
             }
