@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..shapefirst import chart, trace
+from ..shapefirst import chart
+from ..shapefirst import trace as curves_math
 from ._api import io
 from ._common import (CATEGORY, KEY_PREFIX, LOGGER, ShapeFirstInputError, check_fraction_open,
                       save_text_files, to_json)
@@ -149,7 +150,7 @@ def _check_run(recorder, samples) -> RecordedRun:
     return run
 
 
-def curves_chart(curves: trace.FrequencyCurves):
+def curves_chart(curves: curves_math.FrequencyCurves):
     c = curves.curves
     S = chart.Series
     panels = [
@@ -216,7 +217,7 @@ class FrequencyCurves(io.ComfyNode):
         n = len(run.sigmas)
         progress = comfy.utils.ProgressBar(n + 1)
         steps = range(n)
-        curves = trace.compute_curves([run.xt[i] for i in steps], [run.x0_pred[i] for i in steps], run.final,
+        curves = curves_math.compute_curves([run.xt[i] for i in steps], [run.x0_pred[i] for i in steps], run.final,
                                       run.noise, run.signal_coef, run.noise_coef, run.sigmas, low_fraction,
                                       on_step=lambda i: progress.update(1))
         data = curves.as_dict()

@@ -132,19 +132,25 @@ class ComfyHarness:
 
         return asyncio.run(execution.validate_prompt(str(uuid.uuid4()), prompt, None))
 
-    def run(self, prompt: dict, fresh_cache: bool = True) -> RunResult:
-        """Validate and execute an API-format prompt. Raises GraphError on any failure."""
+    def run(self, prompt: dict, fresh_cache: bool = True, outputs: list[str] = ()) -> RunResult:
+        """Validate and execute an API-format prompt. Raises GraphError on any failure.
+
+        ComfyUI runs only what output nodes need; ``outputs`` names further nodes to run (to
+        inspect their results). ``fresh_cache=False`` keeps the cache of the previous run, as
+        a re-queue in the UI does.
+        """
         import execution
 
         if fresh_cache:
             self.executor = execution.PromptExecutor(self.server, cache_type=False, cache_args={"lru": 0, "ram": 0})
         prompt_id = str(uuid.uuid4())
-        valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
+        valid, error, to_run, node_errors = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
         if not valid:
             raise GraphError(f"ComfyUI refused the graph: {error.get('message')} {error.get('details', '')} "
                              f"{_format_node_errors(node_errors)}", {"error": error, "node_errors": node_errors})
         self.server.messages = []
-        self.executor.execute(prompt, prompt_id, {"client_id": "shapefirst-harness"}, outputs)
+        to_run = list(to_run) + [str(o) for o in outputs if str(o) not in to_run]
+        self.executor.execute(prompt, prompt_id, {"client_id": "shapefirst-harness"}, to_run)
         messages = list(self.server.messages)
         if not self.executor.success:
             err = next((d for e, d in messages if e == "execution_error"), {})

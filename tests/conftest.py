@@ -1,9 +1,16 @@
-"""Shared fixtures. Tier 1 (pure math) needs nothing; tiers 2 and 3 boot a real ComfyUI."""
+"""Shared fixtures. Tier 1 (pure math) needs nothing; tiers 2 and 3 boot a real ComfyUI.
+
+Test checkpoints are seeded random-weight models of the real SD architectures, built once
+and cached under the runtime's models folder (.runtime/models/checkpoints).
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 # `shapefirst` (pure math) and the scripts' helpers. Appended, never prepended: ComfyUI's own
@@ -11,3 +18,50 @@ REPO = Path(__file__).resolve().parent.parent
 for p in (REPO, REPO / "scripts"):
     if str(p) not in sys.path:
         sys.path.append(str(p))
+
+TEST_OUTPUT = Path(os.environ.get("SHAPEFIRST_TEST_OUTPUT", REPO / "test-output"))
+
+
+@pytest.fixture(scope="session")
+def runtime_paths():
+    import harness
+
+    return harness.default_paths()
+
+
+@pytest.fixture(scope="session")
+def checkpoints_dir(runtime_paths) -> Path:
+    d = Path(runtime_paths["models"]) / "checkpoints"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@pytest.fixture(scope="session")
+def comfy(runtime_paths, checkpoints_dir, tmp_path_factory):
+    """A real ComfyUI, booted in this process, with the pack loaded through ComfyUI's loader."""
+    import harness
+
+    harness.quiet_logs()
+    work = tmp_path_factory.mktemp("comfy")
+    return harness.ComfyHarness(runtime_paths["comfyui"], runtime_paths["pack"], work, checkpoints_dir).boot()
+
+
+def _ensure(kind: str, checkpoints_dir: Path) -> str:
+    import checkpoints
+
+    return checkpoints.ensure_checkpoint(kind, checkpoints_dir).name
+
+
+@pytest.fixture(scope="session")
+def sd15_ckpt(comfy, checkpoints_dir) -> str:
+    """File name (for CheckpointLoaderSimple) of the tiny random-weight SD1.5 checkpoint."""
+    return _ensure("sd15", checkpoints_dir)
+
+
+@pytest.fixture
+def output_dir(request) -> Path:
+    """A per-test folder for artefacts a person may want to look at (screenshots, charts)."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in request.node.name)[:120]
+    d = TEST_OUTPUT / safe
+    d.mkdir(parents=True, exist_ok=True)
+    return d
