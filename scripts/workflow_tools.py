@@ -115,6 +115,7 @@ class NodeSpec:
     title: str | None = None
     column: int = 0
     row: int = 0
+    size: tuple[int, int] = (320, 260)
 
     def out(self, slot: int = 0) -> Ref:
         return Ref(self, slot)
@@ -126,10 +127,12 @@ class WorkflowBuilder:
     nodes: list[NodeSpec] = field(default_factory=list)
     notes: list[tuple[str, int, int]] = field(default_factory=list)
 
-    def add(self, type_: str, title: str | None = None, column: int = 0, row: int = 0, **inputs) -> NodeSpec:
+    def add(self, type_: str, title: str | None = None, column: int = 0, row: float = 0,
+            size: tuple[int, int] = (320, 260), **inputs) -> NodeSpec:
+        """Add a node at grid cell (column, row); ``inputs`` are widget values or ``node.out(slot)``."""
         if type_ not in self.object_info:
             raise WorkflowError(f"unknown node type {type_}")
-        spec = NodeSpec(len(self.nodes) + 1, type_, inputs, title, column, row)
+        spec = NodeSpec(len(self.nodes) + 1, type_, inputs, title, column, row, size)
         self.nodes.append(spec)
         return spec
 
@@ -178,7 +181,7 @@ class WorkflowBuilder:
                     slots.append({"name": name, "type": itype, "link": None})
             ui_nodes.append({
                 "id": n.id, "type": n.type,
-                "pos": [40 + 360 * n.column, 60 + 300 * n.row], "size": [320, 260],
+                "pos": [40 + 360 * n.column, int(60 + 300 * n.row)], "size": list(n.size),
                 "flags": {}, "order": 0, "mode": 0,
                 "inputs": slots,
                 "outputs": [
@@ -207,6 +210,6 @@ class WorkflowBuilder:
             "links": ui_links,
             "groups": [],
             "config": {},
-            "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
+            "extra": {"ds": {"scale": 0.6, "offset": [80, 40]}},
             "version": 0.4,
         }

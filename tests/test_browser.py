@@ -1,0 +1,162 @@
+"""Tier 3: a real ComfyUI server and its front end in headless Chromium.
+
+Loads the shipped Fig. 2 workflow the way a person does (from the pack's workflow templates),
+checks that the front end turns it into the same API graph as the headless converter, runs
+it with the Run button, and checks that the pack's nodes show their outputs: the image
+preview of Frequency Split Preview and the chart that js/ draws in Frequency Curves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+import server as comfy_server
+import workflow_tools
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("SHAPEFIRST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+WORKFLOW = "fig2_frequency_over_sampling"
+
+
+@pytest.fixture(scope="module")
+def browser_path():
+    if not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists():
+        if os.environ.get("SHAPEFIRST_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"Chromium not found at {CHROMIUM}; install it (apt-get install chromium)")
+        pytest.skip(f"Chromium not found at {CHROMIUM}; install it (apt-get install chromium) for browser tests")
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def live_server(runtime_paths, checkpoints_dir, tmp_path_factory, browser_path):
+    import checkpoints
+
+    ckpt = checkpoints.ensure_checkpoint("sd15", checkpoints_dir)
+    base = comfy_server.prepare_base(tmp_path_factory.mktemp("server"), [ckpt])
+    srv = comfy_server.ComfyServer(Path(runtime_paths["comfyui"]).parent / "venv" / "bin" / "python"
+                                   if not os.environ.get("COMFYUI_PATH") else Path(os.environ.get("COMFYUI_PYTHON", "python3")),
+                                   runtime_paths["comfyui"], base)
+    srv.start()
+    srv.post_json("/settings", {"Comfy.TutorialCompleted": True})
+    srv.ckpt_name = ckpt.name
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def page(live_server, browser_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=browser_path, args=CHROMIUM_FLAGS, headless=True)
+        pg = browser.new_page(viewport={"width": 1600, "height": 1000})
+        pg.console_errors = []
+        pg.on("pageerror", lambda exc: pg.console_errors.append(str(exc)))
+        pg.goto(live_server.url)
+        pg.wait_for_function("window.app && window.app.graph && window.app.extensionManager", timeout=90_000)
+        yield pg
+        browser.close()
+
+
+def _wait_for_history(srv, timeout: float = 120.0) -> dict:
+    """The server's history once the queued prompt has finished (success or error)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        history = srv.get_json("/history")
+        if history and all(h.get("status", {}).get("completed") is not None for h in history.values()):
+            return history
+        time.sleep(0.5)
+    raise AssertionError(f"no finished prompt in /history after {timeout}s:\n{srv.log_tail()}")
+
+
+def test_pack_is_listed_and_its_extension_loads(live_server, page):
+    info = live_server.get_json("/object_info")
+    for name in ("FrequencySplitPreview", "FrequencyTrace", "FrequencyCurves"):
+        assert name in info and info[name]["python_module"].endswith("comfyui-shapefirst")
+    assert live_server.get_json("/workflow_templates")["comfyui-shapefirst"] == [WORKFLOW]
+    names = page.evaluate("app.extensions.map(e => e.name)")
+    assert "ShapeFirst.views" in names
+
+
+def test_fig2_workflow_runs_in_the_browser_and_shows_preview_and_chart(live_server, page, output_dir):
+    shipped = json.loads((REPO / "workflows" / f"{WORKFLOW}.json").read_text())
+    result = page.evaluate(
+        """async (name) => {
+          const r = await fetch(`/api/workflow_templates/comfyui-shapefirst/${name}.json`);
+          const wf = await r.json();
+          await app.loadGraphData(wf);
+          const p = await app.graphToPrompt();
+          return {served: wf, output: p.output};
+        }""", WORKFLOW)
+    assert result["served"] == shipped  # ComfyUI serves the file we ship
+    # the headless converter produces exactly what the real front end queues
+    expected = workflow_tools.ui_to_api(shipped, live_server.get_json("/object_info"))
+    assert result["output"] == expected
+
+    # a person picks their checkpoint and, on a CPU, a small size and few steps
+    page.evaluate(
+        """(ckpt) => {
+          const set = (type, name, value) => {
+            for (const n of app.graph.nodes.filter(n => n.type === type)) {
+              const w = n.widgets.find(w => w.name === name); w.value = value; w.callback?.(value);
+            }
+          };
+          set('CheckpointLoaderSimple', 'ckpt_name', ckpt);
+          set('EmptyLatentImage', 'width', 64); set('EmptyLatentImage', 'height', 64);
+          set('KSampler', 'steps', 6);
+          app.graph.setDirtyCanvas(true, true);
+        }""", live_server.ckpt_name)
+    page.get_by_role("button", name="Run", exact=True).click()
+
+    # Frequency Curves: the chart drawn by js/ inside the node
+    page.wait_for_function(
+        "document.querySelector('[data-shapefirst=\"frequency-curves\"]')?.dataset.steps", timeout=180_000)
+    history = _wait_for_history(live_server)
+    assert [h["status"]["status_str"] for h in history.values()] == ["success"]
+    curves_id = str(next(n["id"] for n in shipped["nodes"] if n["type"] == "FrequencyCurves"))
+    sampled = next(iter(history.values()))["outputs"][curves_id]["shapefirst_curves"][0]
+    # 6 steps of ddim_uniform sample 7 sigmas in ComfyUI; the node shows what was sampled
+    assert sampled["steps"] >= 6 and len(sampled["sigmas"]) == sampled["steps"]
+    chart = page.evaluate(
+        """() => {
+          const root = document.querySelector('[data-shapefirst="frequency-curves"]');
+          const c = root.querySelector('canvas');
+          const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+          let coloured = 0;
+          for (let i = 0; i < d.length; i += 4) {
+            const [r, g, b] = [d[i], d[i + 1], d[i + 2]];
+            if (Math.max(r, g, b) - Math.min(r, g, b) > 60) coloured++;  // palette colours, not greys
+          }
+          const box = c.getBoundingClientRect();
+          return {coloured, series: root.dataset.series, text: root.textContent,
+                  links: Array.from(root.querySelectorAll('a')).map(a => a.textContent),
+                  visible: box.width > 50 && box.height > 50};
+        }""")
+    assert chart["visible"] and chart["series"] == "8" and chart["coloured"] > 300
+    assert page.evaluate("document.querySelector('[data-shapefirst=\"frequency-curves\"]').dataset.steps") == str(
+        sampled["steps"])
+    assert f"{sampled['steps']} steps" in chart["text"]
+    assert sorted(x.rsplit(".", 1)[1] for x in chart["links"]) == ["csv", "json"]
+
+    # Frequency Split Preview: its image preview is loaded in the node
+    split_id = next(n["id"] for n in shipped["nodes"] if n["type"] == "FrequencySplitPreview")
+    page.wait_for_function(
+        f"""() => {{ const n = app.graph.getNodeById({split_id});
+                    return n.imgs && n.imgs.length > 0 && n.imgs[0].complete && n.imgs[0].naturalWidth > 0; }}""",
+        timeout=60_000)
+    size = page.evaluate(f"[app.graph.getNodeById({split_id}).imgs[0].naturalWidth, "
+                         f"app.graph.getNodeById({split_id}).imgs[0].naturalHeight]")
+    assert size[0] > 3 * 64 and size[1] == 64 + 16  # input | low | high, decoded, with labels
+    page.screenshot(path=str(output_dir / "fig2_frequency_over_sampling.png"))
+    assert not page.console_errors, page.console_errors
