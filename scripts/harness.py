@@ -62,8 +62,10 @@ class RunResult:
 
 
 class ComfyHarness:
-    def __init__(self, comfyui_dir: Path, pack_dir: Path, work_dir: Path, checkpoints_dir: Path | None = None):
+    def __init__(self, comfyui_dir: Path, pack_dir: Path, work_dir: Path, checkpoints_dir: Path | None = None,
+                 output_dir: Path | None = None):
         self.comfyui_dir = Path(comfyui_dir)
+        self.output_dir = Path(output_dir) if output_dir else Path(work_dir) / "output"
         self.pack_dir = Path(pack_dir)
         self.work_dir = Path(work_dir)
         self.checkpoints_dir = Path(checkpoints_dir) if checkpoints_dir else None
@@ -81,10 +83,9 @@ class ComfyHarness:
         import utils.extra_config  # noqa: F401  (before `nodes`, or `utils` resolves to comfy/utils.py)
         import folder_paths
 
-        for kind in ("output", "temp", "input"):
-            d = self.work_dir / kind
+        for d in (self.output_dir, self.work_dir / "temp", self.work_dir / "input"):
             d.mkdir(parents=True, exist_ok=True)
-        folder_paths.set_output_directory(str(self.work_dir / "output"))
+        folder_paths.set_output_directory(str(self.output_dir.resolve()))
         folder_paths.set_temp_directory(str(self.work_dir / "temp"))
         folder_paths.set_input_directory(str(self.work_dir / "input"))
         if self.checkpoints_dir:
@@ -92,6 +93,9 @@ class ComfyHarness:
         import execution
         import nodes
 
+        if Path(nodes.__file__).resolve().parent != self.comfyui_dir.resolve():
+            raise GraphError(f"`nodes` resolved to {nodes.__file__}, not ComfyUI's nodes.py: put ComfyUI first on "
+                             "sys.path (the pack's own nodes/ package must only be imported as part of the pack)")
         asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
         ok = asyncio.run(nodes.load_custom_node(str(self.pack_dir), module_parent="custom_nodes"))
         if not ok:

@@ -35,10 +35,12 @@ def fig2_frequency_over_sampling(info: dict) -> dict:
     sampled = b.add("KSampler", "KSampler (DDIM, 50 steps, cfg 7.5)", 3, 0, model=traced.out(0), seed=42,
                     steps=50, cfg=7.5, sampler_name="ddim", scheduler="ddim_uniform", positive=pos.out(0),
                     negative=neg.out(0), latent_image=latent.out(0), denoise=1.0)
-    b.add("FrequencyCurves", "Fig. 2b/2c: frequency curves", 4, 0, size=(460, 720), trace=traced.out(1),
-          samples=sampled.out(0), low_fraction=0.2, filename_prefix="shapefirst/fig2_frequency_curves")
-    b.add("FrequencySplitPreview", "Final latent: low / high parts", 3, 1, size=(320, 300), samples=sampled.out(0),
-          low_fraction=0.2, preview="vae decode", vae=ckpt.out(2))
+    curves = b.add("FrequencyCurves", "Fig. 2b/2c: frequency curves", 4, 0, size=(460, 720), trace=traced.out(1),
+                   samples=sampled.out(0), low_fraction=0.2, filename_prefix="shapefirst/fig2_frequency_curves")
+    split = b.add("FrequencySplitPreview", "Final latent: low / high parts", 3, 1, size=(320, 300),
+                  samples=sampled.out(0), low_fraction=0.2, preview="vae decode", vae=ckpt.out(2))
+    b.add("SaveImage", "Save chart", 5, 0, images=curves.out(0), filename_prefix="shapefirst/fig2_chart")
+    b.add("SaveImage", "Save low / high preview", 5, 1, images=split.out(2), filename_prefix="shapefirst/fig2_low_high")
     image = b.add("VAEDecode", None, 2, 1, size=(320, 100), samples=sampled.out(0), vae=ckpt.out(2))
     b.add("SaveImage", None, 2, 1.5, images=image.out(0), filename_prefix="shapefirst/fig2")
     b.note(

@@ -11,6 +11,7 @@ Workflow JSON is data from strangers: it is parsed with ``json`` only and valida
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -213,3 +214,23 @@ class WorkflowBuilder:
             "extra": {"ds": {"scale": 0.6, "offset": [80, 40]}},
             "version": 0.4,
         }
+
+
+def apply_overrides(prompt: dict, ckpt: str | None = None, size: int | None = None,
+                    max_steps: int | None = None) -> dict:
+    """A copy of an API prompt with the checkpoint, image size and step count replaced.
+
+    Used to run the shipped workflows quickly on a CPU with a small random-weight checkpoint:
+    every CheckpointLoaderSimple gets ``ckpt``, every Empty*Latent* node ``size`` x ``size``,
+    and every ``steps`` input is capped at ``max_steps``.
+    """
+    out = json.loads(json.dumps(prompt))
+    for node in out.values():
+        inputs = node["inputs"]
+        if ckpt and node["class_type"] == "CheckpointLoaderSimple":
+            inputs["ckpt_name"] = ckpt
+        if size and node["class_type"].startswith("Empty") and "width" in inputs and "height" in inputs:
+            inputs["width"] = inputs["height"] = size
+        if max_steps and isinstance(inputs.get("steps"), int):
+            inputs["steps"] = min(inputs["steps"], max_steps)
+    return out

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-import server as comfy_server
+import comfy_server
 import workflow_tools
 
 pytestmark = pytest.mark.browser

@@ -1,0 +1,92 @@
+"""Shipped workflows: what the generator writes, converted as the front end does, run in ComfyUI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import make_workflows
+import workflow_tools
+from workflow_tools import WorkflowError, ui_to_api
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED = sorted((REPO / "workflows").glob("*.json"))
+
+
+def test_every_workflow_has_a_builder_and_every_builder_a_file():
+    assert [p.name for p in SHIPPED] == sorted(make_workflows.WORKFLOW_BUILDERS)
+
+
+@pytest.mark.comfy
+def test_shipped_files_are_what_the_generator_writes(comfy):
+    built = make_workflows.build_all(comfy.object_info())
+    for path in SHIPPED:
+        assert path.read_text() == built[path.name], f"{path.name} is stale: run scripts/make_workflows.py"
+
+
+@pytest.mark.comfy
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_shipped_workflow_runs_in_comfyui(comfy, sd15_ckpt, path):
+    workflow = json.loads(path.read_text())
+    assert "/" not in json.dumps([n.get("widgets_values") for n in workflow["nodes"]
+                                  if n["type"] == "CheckpointLoaderSimple"])  # no absolute model paths
+    prompt = ui_to_api(workflow, comfy.object_info())
+    prompt = workflow_tools.apply_overrides(prompt, ckpt=sd15_ckpt, size=64, max_steps=6)
+    r = comfy.run(prompt)
+    ours = [nid for nid, n in prompt.items() if n["class_type"] in ("FrequencyCurves", "FrequencySplitPreview")]
+    assert ours and all(nid in r.ui for nid in ours)  # every pack output node showed something
+
+
+def _info(comfy_free=None):
+    """A minimal object_info for converter unit tests (no ComfyUI needed)."""
+    return {
+        "KSampler": {"input": {"required": {
+            "model": ["MODEL", {}], "seed": ["INT", {"default": 0, "control_after_generate": True}],
+            "steps": ["INT", {"default": 20}], "sampler_name": [["euler", "ddim"], {}]}},
+            "input_order": {"required": ["model", "seed", "steps", "sampler_name"]},
+            "output": ["LATENT"], "output_name": ["LATENT"], "display_name": "KSampler"},
+        "Loader": {"input": {"required": {"name": [["a.safetensors"], {}]}}, "input_order": {"required": ["name"]},
+                   "output": ["MODEL"], "output_name": ["MODEL"], "display_name": "Load"},
+    }
+
+
+def _wf(values, mode=0, extra_nodes=()):
+    return {"nodes": [
+        {"id": 1, "type": "Loader", "mode": 0, "inputs": [], "outputs": [], "widgets_values": ["a.safetensors"]},
+        {"id": 2, "type": "KSampler", "mode": mode, "inputs": [{"name": "model", "type": "MODEL", "link": 5}],
+         "widgets_values": values, "title": "My sampler"},
+        *extra_nodes], "links": [[5, 1, 0, 2, 0, "MODEL"]]}
+
+
+def test_converter_skips_control_after_generate_and_keeps_titles():
+    api = ui_to_api(_wf([42, "randomize", 30, "ddim"]), _info())
+    assert api["2"] == {"inputs": {"seed": 42, "steps": 30, "sampler_name": "ddim", "model": ["1", 0]},
+                        "class_type": "KSampler", "_meta": {"title": "My sampler"}}
+    assert api["1"]["_meta"]["title"] == "Load"
+
+
+def test_converter_drops_notes_and_muted_nodes_and_refuses_what_it_cannot_do():
+    note = {"id": 3, "type": "Note", "mode": 0, "inputs": [], "widgets_values": ["hello"]}
+    assert set(ui_to_api(_wf([1, "fixed", 2, "euler"], extra_nodes=[note]), _info())) == {"1", "2"}
+    assert set(ui_to_api(_wf([1, "fixed", 2, "euler"], mode=2), _info())) == {"1"}
+    with pytest.raises(WorkflowError, match="bypassed"):
+        ui_to_api(_wf([1, "fixed", 2, "euler"], mode=4), _info())
+    with pytest.raises(WorkflowError, match="widget values"):
+        ui_to_api(_wf([1, 2, "euler"]), _info())  # control value missing: would shift every widget
+    with pytest.raises(WorkflowError, match="unknown type"):
+        ui_to_api({"nodes": [{"id": 9, "type": "Nope", "widgets_values": []}], "links": []}, _info())
+    with pytest.raises(WorkflowError, match="not a ComfyUI UI-format workflow"):
+        ui_to_api({"1": {"class_type": "KSampler"}}, _info())
+
+
+def test_overrides_copy_the_prompt():
+    prompt = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "x"}},
+              "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 768, "batch_size": 1}},
+              "3": {"class_type": "KSampler", "inputs": {"steps": 50}}}
+    out = workflow_tools.apply_overrides(prompt, ckpt="tiny.safetensors", size=64, max_steps=6)
+    assert out["1"]["inputs"]["ckpt_name"] == "tiny.safetensors"
+    assert out["2"]["inputs"]["width"] == out["2"]["inputs"]["height"] == 64
+    assert out["3"]["inputs"]["steps"] == 6
+    assert prompt["3"]["inputs"]["steps"] == 50  # the original is untouched
