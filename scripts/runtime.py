@@ -99,7 +99,8 @@ def log(msg: str) -> None:
 
 def _run(cmd: list[str], what: str, env: dict | None = None) -> None:
     log(f"{what}: {' '.join(cmd)}")
-    proc = subprocess.run(cmd, env=env)
+    # stdout belongs to this script's answer (--print-python): children write to stderr
+    proc = subprocess.run(cmd, env=env, stdout=sys.stderr)
     if proc.returncode != 0:
         raise RuntimeError_(f"{what} failed (exit {proc.returncode}). Command: {' '.join(cmd)}")
 
