@@ -4,11 +4,14 @@ ComfyUI has a top-level module called ``nodes`` too."""
 from ._api import ComfyExtension, io
 from .frequency_split import FrequencySplitPreview
 from .frequency_trace import FrequencyCurves, FrequencyTrace
+from .truncated_cfg import TruncatedCFGGuider, TruncatedCFGSampler
 
 NODE_LIST: list[type[io.ComfyNode]] = [
     FrequencySplitPreview,
     FrequencyTrace,
     FrequencyCurves,
+    TruncatedCFGSampler,
+    TruncatedCFGGuider,
 ]
 
 

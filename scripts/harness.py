@@ -149,6 +149,12 @@ class ComfyHarness:
             self.executor = execution.PromptExecutor(self.server, cache_type=False, cache_args={"lru": 0, "ram": 0})
         prompt_id = str(uuid.uuid4())
         valid, error, to_run, node_errors = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
+        if not valid and error.get("type") == "prompt_no_outputs" and outputs:
+            valid, to_run, node_errors = True, [], {}
+        for extra in outputs:  # nodes asked for explicitly are validated like output nodes
+            ok, reasons, _ = asyncio.run(execution.validate_inputs(prompt_id, prompt, str(extra), {}))
+            if not ok:
+                valid, error = False, {"message": f"node {extra} is invalid", "details": str(reasons)}
         if not valid:
             raise GraphError(f"ComfyUI refused the graph: {error.get('message')} {error.get('details', '')} "
                              f"{_format_node_errors(node_errors)}", {"error": error, "node_errors": node_errors})
