@@ -37,10 +37,8 @@ def browser_path():
 
 
 @pytest.fixture(scope="module")
-def live_server(runtime_paths, checkpoints_dir, tmp_path_factory, browser_path):
-    import checkpoints
-
-    ckpt = checkpoints.ensure_checkpoint("sd15", checkpoints_dir)
+def live_server(runtime_paths, checkpoints_dir, sd15_ckpt, tmp_path_factory, browser_path):
+    ckpt = checkpoints_dir / sd15_ckpt  # built (once) by the in-process fixtures, which set up ComfyUI
     base = comfy_server.prepare_base(tmp_path_factory.mktemp("server"), [ckpt])
     srv = comfy_server.ComfyServer(Path(runtime_paths["comfyui"]).parent / "venv" / "bin" / "python"
                                    if not os.environ.get("COMFYUI_PATH") else Path(os.environ.get("COMFYUI_PYTHON", "python3")),
