@@ -2,9 +2,11 @@
 // payload inside the node. Text from the server (labels, file names) is only ever set with
 // textContent or drawn on a canvas, never parsed as HTML.
 import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
 import { drawPanels } from "./chart.js";
 
 const CURVE_NODES = new Set(["FrequencyCurves"]);
+const GUIDANCE_NODES = new Set(["TruncatedCFGSampler", "TruncatedCFGGuider"]);
 
 function frequencyPanels(data) {
   const c = data.curves || {};
@@ -37,14 +39,45 @@ function fileLinks(container, files) {
   }
 }
 
-function ensureView(node) {
+function guidancePanels(report) {
+  const curve = report.curve || [];
+  const byStep = (key) => {
+    const values = new Array(report.steps || 0).fill(NaN);
+    for (const p of curve) values[p.step] = Number(p[key]);
+    return values;
+  };
+  return [
+    {
+      title: "Fig. 8b: guidance strength per step (while guidance is on)",
+      series: [{ label: "RMS eps_uncond (x sigma)", values: byStep("rms_uncond") },
+               { label: "RMS w (eps_c - eps_u) (x sigma)", values: byStep("rms_guidance") }],
+    },
+    { title: "relative strength |w (eps_c - eps_u)| / |eps_u|", series: [{ label: "ratio", values: byStep("ratio") }] },
+  ];
+}
+
+export function showGuidance(node, report) {
+  const view = ensureView(node, "guidance", 360);
+  drawPanels(view.canvas, guidancePanels(report));
+  const saved = (100 * (report.saved_fraction || 0)).toFixed(1);
+  const stop = report.stop_step == null ? "" : `, adaptive stop at step ${report.stop_step}`;
+  view.root.dataset.steps = String(report.steps ?? 0);
+  view.root.dataset.saved = saved;
+  view.summary.textContent =
+    `${report.steps} steps, ${report.evaluations} model evaluations, ${report.guided_evaluations} guided, ` +
+    `${report.skipped_passes} conditional passes skipped: ${saved}% of the UNet work saved${stop}`;
+  view.files.replaceChildren();
+  node.setDirtyCanvas(true, true);
+}
+
+function ensureView(node, kind = "frequency-curves", height = 420) {
   if (node.shapefirstView) return node.shapefirstView;
   const root = document.createElement("div");
-  root.dataset.shapefirst = "frequency-curves";
+  root.dataset.shapefirst = kind;
   root.style.cssText = "display:flex;flex-direction:column;gap:4px;width:100%;height:100%;font:11px sans-serif;color:#ccc";
   const canvas = document.createElement("canvas");
   canvas.width = 420;
-  canvas.height = 420;
+  canvas.height = height;
   canvas.style.cssText = "width:100%;flex:1 1 auto;min-height:0";
   const summary = document.createElement("div");
   const files = document.createElement("div");
@@ -58,7 +91,7 @@ function ensureView(node) {
   widget.serialize = false;
   node.shapefirstView = { root, canvas, summary, files, widget };
   const [w, h] = node.size;
-  node.setSize([Math.max(w, 440), Math.max(h, 640)]);
+  node.setSize([Math.max(w, 440), Math.max(h, height + 220)]);
   return node.shapefirstView;
 }
 
@@ -75,13 +108,22 @@ export function showFrequencyCurves(node, data) {
 
 app.registerExtension({
   name: "ShapeFirst.views",
+  setup() {
+    // a GUIDER does not run after sampling: its report arrives as its own message
+    api.addEventListener("shapefirst.guidance", (event) => {
+      const node = app.graph.getNodeById(Number(event.detail?.node));
+      if (node && event.detail.report) showGuidance(node, event.detail.report);
+    });
+  },
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (!CURVE_NODES.has(nodeData.name)) return;
+    if (!CURVE_NODES.has(nodeData.name) && !GUIDANCE_NODES.has(nodeData.name)) return;
     const onExecuted = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function (message) {
       onExecuted?.apply(this, arguments);
-      const payload = message?.shapefirst_curves?.[0];
-      if (payload) showFrequencyCurves(this, payload);
+      const curves = message?.shapefirst_curves?.[0];
+      if (curves) showFrequencyCurves(this, curves);
+      const report = message?.shapefirst_guidance?.[0];
+      if (report) showGuidance(this, report);
     };
   },
 });

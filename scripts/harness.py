@@ -122,6 +122,7 @@ class ComfyHarness:
                 "output_name": getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES),
                 "name": name,
                 "display_name": nodes.NODE_DISPLAY_NAME_MAPPINGS.get(name, name),
+                "python_module": getattr(cls, "RELATIVE_PYTHON_MODULE", "nodes"),
                 "output_node": bool(getattr(cls, "OUTPUT_NODE", False)),
                 "category": getattr(cls, "CATEGORY", "sd"),
             }

@@ -32,11 +32,17 @@ def test_shipped_workflow_runs_in_comfyui(comfy, sd15_ckpt, path):
     workflow = json.loads(path.read_text())
     assert "/" not in json.dumps([n.get("widgets_values") for n in workflow["nodes"]
                                   if n["type"] == "CheckpointLoaderSimple"])  # no absolute model paths
-    prompt = ui_to_api(workflow, comfy.object_info())
+    info = comfy.object_info()
+    prompt = ui_to_api(workflow, info)
     prompt = workflow_tools.apply_overrides(prompt, ckpt=sd15_ckpt, size=64, max_steps=6)
     r = comfy.run(prompt)
-    ours = [nid for nid, n in prompt.items() if n["class_type"] in ("FrequencyCurves", "FrequencySplitPreview")]
-    assert ours and all(nid in r.ui for nid in ours)  # every pack output node showed something
+    ours = [nid for nid, n in prompt.items() if info[n["class_type"]]["python_module"].endswith("comfyui-shapefirst")]
+    assert ours, "a shipped workflow must use the pack's nodes"
+    for nid in ours:
+        assert r.output(nid) is not None  # every pack node ran
+    for nid, node in prompt.items():
+        if info[node["class_type"]].get("output_node"):
+            assert nid in r.ui, f"output node {nid} ({node['class_type']}) showed nothing"
 
 
 def _info(comfy_free=None):
