@@ -29,6 +29,15 @@ def check_fraction_open(node: str, name: str, value: float) -> None:
                                          "use e.g. 0.2 for the lowest 20% of the spectrum, as in the paper.")
 
 
+def as_validation(check, *args) -> bool | str:
+    """Run a ``check`` that raises ShapeFirstInputError; return what validate_inputs must answer."""
+    try:
+        check(*args)
+    except ShapeFirstInputError as exc:
+        return str(exc)
+    return True
+
+
 _SAFE_PART = re.compile(r"[^A-Za-z0-9_.-]+")
 
 

@@ -6,7 +6,7 @@ import torch
 
 from ..shapefirst import frequency, imaging
 from ._api import io, ui
-from ._common import CATEGORY, ShapeFirstInputError, check_fraction_open
+from ._common import CATEGORY, ShapeFirstInputError, as_validation, check_fraction_open
 
 NODE = "FrequencySplitPreview"
 PREVIEW_LATENT = "latent channels"
@@ -103,12 +103,9 @@ class FrequencySplitPreview(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, low_fraction=None):
-        if low_fraction is not None:
-            try:
-                check_fraction_open(NODE, "low_fraction", low_fraction)
-            except ShapeFirstInputError as exc:
-                return str(exc)
-        return True
+        if low_fraction is None:  # linked from another node: checked when it runs
+            return True
+        return as_validation(check_fraction_open, NODE, "low_fraction", low_fraction)
 
     @classmethod
     def execute(cls, samples, low_fraction=0.2, preview=PREVIEW_LATENT, vae=None) -> io.NodeOutput:

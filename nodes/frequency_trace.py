@@ -18,7 +18,7 @@ import torch
 from ..shapefirst import chart
 from ..shapefirst import trace as curves_math
 from ._api import io
-from ._common import (CATEGORY, KEY_PREFIX, LOGGER, ShapeFirstInputError, check_fraction_open,
+from ._common import (CATEGORY, KEY_PREFIX, LOGGER, ShapeFirstInputError, as_validation, check_fraction_open,
                       save_text_files, to_json)
 
 TRACE_NODE = "FrequencyTrace"
@@ -201,12 +201,9 @@ class FrequencyCurves(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, low_fraction=None):
-        if low_fraction is not None:
-            try:
-                check_fraction_open(CURVES_NODE, "low_fraction", low_fraction)
-            except ShapeFirstInputError as exc:
-                return str(exc)
-        return True
+        if low_fraction is None:  # linked from another node: checked when it runs
+            return True
+        return as_validation(check_fraction_open, CURVES_NODE, "low_fraction", low_fraction)
 
     @classmethod
     def execute(cls, trace, samples, low_fraction=0.2, filename_prefix="shapefirst/frequency_curves") -> io.NodeOutput:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from ._api import io
-from ._common import CATEGORY, LOGGER, ShapeFirstInputError
+from ._common import CATEGORY, LOGGER, ShapeFirstInputError, as_validation
 from .truncated_cfg_patch import (MODE_ADAPTIVE, MODE_FIXED, TAIL_COND, TAIL_UNCOND, TruncationSettings,
                                   patch_model)
 
@@ -61,13 +61,6 @@ def check_settings(node: str, cfg, start, end, tail, window, threshold, steps=No
     return TruncationSettings(float(start), float(end), tail, window, float(threshold or 0.0), float(cfg))
 
 
-def _validate(node, cfg=7.5, guidance_start=0.0, guidance_end=0.4, tail=TAIL_UNCOND, window=MODE_FIXED,
-              adaptive_threshold=0.1, steps=None):
-    try:
-        check_settings(node, cfg, guidance_start, guidance_end, tail, window, adaptive_threshold, steps)
-    except ShapeFirstInputError as exc:
-        return str(exc)
-    return True
 
 
 class TruncatedCFGSampler(io.ComfyNode):
@@ -111,7 +104,8 @@ class TruncatedCFGSampler(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, cfg=7.5, guidance_start=0.0, guidance_end=0.4, tail=TAIL_UNCOND, window=MODE_FIXED,
                         adaptive_threshold=0.1, steps=20):
-        return _validate(SAMPLER_NODE, cfg, guidance_start, guidance_end, tail, window, adaptive_threshold, steps)
+        return as_validation(check_settings, SAMPLER_NODE, cfg, guidance_start, guidance_end, tail, window,
+                             adaptive_threshold, steps)
 
     @classmethod
     def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
@@ -157,7 +151,8 @@ class TruncatedCFGGuider(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, cfg=7.5, guidance_start=0.0, guidance_end=0.4, tail=TAIL_UNCOND, window=MODE_FIXED,
                         adaptive_threshold=0.1):
-        return _validate(GUIDER_NODE, cfg, guidance_start, guidance_end, tail, window, adaptive_threshold)
+        return as_validation(check_settings, GUIDER_NODE, cfg, guidance_start, guidance_end, tail, window,
+                             adaptive_threshold)
 
     @classmethod
     def execute(cls, model, positive, negative, cfg, guidance_start=0.0, guidance_end=0.4, tail=TAIL_UNCOND,

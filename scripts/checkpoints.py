@@ -70,6 +70,10 @@ SPECS: dict[str, ArchSpec] = {
     # SD1.x: 320 channels, context 768, conv proj_in/out, no ADM. UNet about 26 M parameters.
     "sd15": ArchSpec("SD15", _unet(768, linear=False),
                      (TextEncoderSpec("cond_stage_model.transformer.", CLIP_L, "hf"),)),
+    # The full SD1.5 UNet (860 M parameters, 2 GB file): for benchmarks on a GPU, not for tests.
+    "sd15_full": ArchSpec("SD15", _unet(768, linear=False, channel_mult=(1, 2, 4, 4), res_blocks=2,
+                                        depth=(1, 1, 1, 1, 1, 1, 0, 0), depth_out=(0, 0, 0) + (1,) * 9),
+                          (TextEncoderSpec("cond_stage_model.transformer.", CLIP_L, "hf"),)),
     # SD2.x: context 1024, linear proj_in/out; OpenCLIP ViT-H text encoder (pads with token 0).
     # Always detected as EPS: SD20.model_type reads output_blocks.11, which this depth lacks.
     "sd2x": ArchSpec("SD20", _unet(1024, linear=True),

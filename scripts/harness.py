@@ -63,7 +63,8 @@ class RunResult:
 
 class ComfyHarness:
     def __init__(self, comfyui_dir: Path, pack_dir: Path, work_dir: Path, checkpoints_dir: Path | None = None,
-                 output_dir: Path | None = None):
+                 output_dir: Path | None = None, cpu: bool = True):
+        self.cpu = cpu
         self.comfyui_dir = Path(comfyui_dir)
         self.output_dir = Path(output_dir) if output_dir else Path(work_dir) / "output"
         self.pack_dir = Path(pack_dir)
@@ -79,7 +80,7 @@ class ComfyHarness:
             sys.path.insert(0, str(self.comfyui_dir))
         import comfy.cli_args
 
-        comfy.cli_args.args.cpu = True  # before anything imports comfy.model_management
+        comfy.cli_args.args.cpu = self.cpu  # before anything imports comfy.model_management
         import utils.extra_config  # noqa: F401  (before `nodes`, or `utils` resolves to comfy/utils.py)
         import folder_paths
 
