@@ -2,13 +2,17 @@
 ComfyUI has a top-level module called ``nodes`` too."""
 
 from ._api import ComfyExtension, io
+from .eos_swap import EOSSwapConditioning
 from .frequency_split import FrequencySplitPreview
 from .frequency_trace import FrequencyCurves, FrequencyTrace
+from .kv_swap import EOSSwapKVPatch
 
 NODE_LIST: list[type[io.ComfyNode]] = [
     FrequencySplitPreview,
     FrequencyTrace,
     FrequencyCurves,
+    EOSSwapConditioning,
+    EOSSwapKVPatch,
 ]
 
 
