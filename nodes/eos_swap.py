@@ -80,7 +80,7 @@ class _Prompt:
         return flat[index] if index < len(flat) else None
 
 
-def _check_inputs(spec, spec_b, a: _Prompt, b: _Prompt, layout, sources, start, end):
+def _check_types(spec, spec_b, layout, start, end):
     if spec_b.kind != spec.kind or spec_b.channels != spec.channels:
         raise _err(f"prompt A is encoded by a {spec.kind} CLIP but clip_b is {spec_b.kind}; both prompts must "
                    "use the same type of text encoder. Connect a CLIP of the same model family to clip_b, or "
@@ -88,9 +88,19 @@ def _check_inputs(spec, spec_b, a: _Prompt, b: _Prompt, layout, sources, start, 
     if layout != cmp.LAYOUT_PROMPT and not spec.has_start:
         raise _err(f"the layouts '77 x [SOS]' and '[SOS] + 76 x [EOS]' need a [SOS] token, which the {spec.kind} "
                    "tokenizer does not have; use layout 'prompt A'.")
-    if not 0.0 <= start < end <= 1.0:
-        raise _err(f"start_percent ({start}) must be below end_percent ({end}), both in [0, 1]; e.g. 0.0 and 0.2 "
-                   "to swap during the first 20% of sampling.")
+    window_error = check_window(start, end)
+    if window_error:
+        raise _err(window_error)
+
+
+def check_window(start, end) -> str | None:
+    if not 0.0 <= float(start) < float(end) <= 1.0:
+        return (f"start_percent ({start}) must be below end_percent ({end}), both in [0, 1]; e.g. 0.0 and 0.2 to "
+                "swap during the first 20% of sampling.")
+    return None
+
+
+def _check_prompts(a: _Prompt, b: _Prompt, layout, sources):
     if layout == cmp.LAYOUT_PROMPT and a.empty:
         raise _err("prompt A is empty: the output keeps A's semantic tokens, so it needs some. Type a source "
                    "prompt, or choose layout '[SOS] + 76 x [EOS]' to use a prompt's [EOS] alone.")
@@ -159,9 +169,10 @@ def build(clip, prompt_a, prompt_b, sos_from="A", sem_from="A", eos_from="B", pa
     if not isinstance(sem_repeats, int) or sem_repeats < 1:
         raise _err(f"sem_repeats must be a whole number >= 1 (got {sem_repeats}); 1 = the prompt as written.")
     start_percent, end_percent = float(start_percent), float(end_percent)
+    _check_types(spec, spec_b, layout_kind, start_percent, end_percent)
     a = _Prompt(clip, spec, str(prompt_a or ""), "prompt A", sem_repeats)
     b = _Prompt(clip_b if clip_b is not None else clip, spec_b, str(prompt_b or ""), "prompt B")
-    _check_inputs(spec, spec_b, a, b, layout_kind, sources, start_percent, end_percent)
+    _check_prompts(a, b, layout_kind, sources)
     composed, reference, plans = _compose_all(spec, a, b, layout_kind, sources, padding_is_eos, noise_seed)
 
     extras = dict(a.extras)
@@ -272,6 +283,14 @@ class EOSSwapConditioning(io.ComfyNode):
                                                         "of which prompt fills it."),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, start_percent=None, end_percent=None):
+        if start_percent is not None and end_percent is not None:
+            message = check_window(start_percent, end_percent)
+            if message:
+                return f"{NODE}: {message}"
+        return True
 
     @classmethod
     def execute(cls, clip, prompt_a, prompt_b, eos_from="B", sem_from="A", sos_from="A", padding_is_eos=True,

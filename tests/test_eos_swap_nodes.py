@@ -9,18 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from eos_reference import BIRD, CHAIR, END, LONG, OPTS, SKYLINE, reference_swap
 from harness import GraphError
 
 pytestmark = pytest.mark.comfy
-
-END = 49407
-OPTS = {"eos_from": "B", "sem_from": "A", "sos_from": "A", "padding_is_eos": True, "layout": "prompt A",
-        "sem_repeats": 1, "apply_to": "keys and values", "start_percent": 0.0, "end_percent": 1.0,
-        "pooled_from": "B", "noise_seed": 0}
-BIRD, CHAIR = "A blue bird", "A brown chair"
-SKYLINE = ("The sharp, angular edges of the city skyline pierced the clouds, a symbol of human innovation "
-           "and progress.")
-LONG = ", ".join(["a small red house with a green door and two round windows"] * 8)  # > 2 chunks
 
 
 def swap_graph(ckpt, a, b, **opts):
@@ -52,20 +44,6 @@ class Swap:
     def ids(self, text, key=None):
         tokens = self.clip.tokenize(text)
         return [[int(t) for t, _ in chunk] for chunk in tokens[key or next(iter(tokens))]]
-
-
-def reference_swap(enc_a, enc_b, ids_a, ids_b, channels=slice(None), padding_is_eos=True):
-    """A's rows, with each chunk's [EOS] region (from its first end token) filled from B's chunk
-    min(i, last) in order, B's last region row repeated."""
-    out = enc_a.clone()
-    for i, chunk in enumerate(ids_a):
-        j = min(i, len(ids_b) - 1)
-        ea, eb = chunk.index(END), ids_b[j].index(END)
-        stop_a = len(chunk) if padding_is_eos else ea + 1
-        stop_b = len(ids_b[j]) if padding_is_eos else eb + 1
-        for k, pos in enumerate(range(ea, stop_a)):
-            out[0, i * 77 + pos, channels] = enc_b[0, j * 77 + min(eb + k, stop_b - 1), channels]
-    return out
 
 
 @pytest.mark.parametrize("a,b", [(BIRD, CHAIR), (CHAIR, SKYLINE), (SKYLINE, BIRD),
@@ -253,3 +231,61 @@ def test_window_switches_at_the_right_step(comfy, sd15_ckpt, sampler, scheduler,
     switch = next((i for i, sg in enumerate(sigmas[:-1]) if sg < boundary), n)
     assert used_swap == [i < switch for i in range(n)]
     assert 0 < switch < n
+
+
+# -- bad input: a clear error naming the node and the fix ----------------------------------
+
+@pytest.mark.parametrize("a,b,opts,message", [
+    ("", CHAIR, {}, r"EOSSwapConditioning: prompt A is empty: .* Type a source prompt"),
+    (BIRD, "  ", {}, r"EOSSwapConditioning: prompt B is empty but the \[EOS\] come from it. Type prompt B"),
+    (BIRD, "", {"sem_from": "B", "eos_from": "A"}, r"prompt B is empty but the semantic tokens come from it"),
+    (SKYLINE, CHAIR, {"sem_repeats": 4}, r"prompt A leaves no \[EOS\] slot with sem_repeats = 4: chunk 0 has 2\d "
+                                         r"semantic tokens; 4 copies need \d+ of its 77 positions. Lower sem_repeats"),
+])
+def test_bad_prompts_name_the_node_and_the_fix(comfy, sd15_ckpt, a, b, opts, message):
+    with pytest.raises(GraphError, match=message):
+        comfy.run(swap_graph(sd15_ckpt, a, b, **opts), fresh_cache=False)
+
+
+def test_an_empty_b_is_fine_where_nothing_comes_from_it(comfy, sd15_ckpt):
+    s = Swap(comfy, sd15_ckpt, BIRD, "", eos_from="zeros", pooled_from="A")  # Sem + Zero needs no B
+    assert torch.equal(s.cond[0, :4], s.a[0, :4]) and not s.cond[0, 4:].any()
+
+
+def test_a_window_that_ends_before_it_starts_is_refused_before_running(comfy, sd15_ckpt):
+    with pytest.raises(GraphError, match=r"EOSSwapConditioning: start_percent \(0.5\) must be below end_percent \(0.2\)"):
+        comfy.run(swap_graph(sd15_ckpt, BIRD, CHAIR, start_percent=0.5, end_percent=0.2))
+
+
+def test_prompts_encoded_by_different_clip_types_are_refused(comfy, sd15_ckpt, sd2x_ckpt):
+    g = swap_graph(sd15_ckpt, BIRD, CHAIR)
+    g["11"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": sd2x_ckpt}}
+    g["5"]["inputs"]["clip_b"] = ["11", 1]
+    with pytest.raises(GraphError, match=r"EOSSwapConditioning: prompt A is encoded by a SD1.x CLIP but clip_b is "
+                                         r"SD2.x; both prompts must use the same type"):
+        comfy.run(g, fresh_cache=False)
+
+
+def test_clip_b_of_the_same_type_encodes_b(comfy, sd15_ckpt):
+    g = swap_graph(sd15_ckpt, BIRD, CHAIR)
+    g["11"] = {"class_type": "CLIPSetLastLayer", "inputs": {"clip": ["1", 1], "stop_at_clip_layer": -2}}
+    g["12"] = {"class_type": "CLIPTextEncode", "inputs": {"text": CHAIR, "clip": ["11", 0]}}
+    g["5"]["inputs"]["clip_b"] = ["11", 0]
+    r = comfy.run(g, outputs=["2", "12"], fresh_cache=False)
+    cond, a, b = r.output_value("5", 0)[0][0], r.output_value("2", 0)[0][0], r.output_value("12", 0)[0][0]
+    ids = [[[int(t) for t, _ in c] for c in r.output_value("1", 1).tokenize(p)["l"]] for p in (BIRD, CHAIR)]
+    assert torch.equal(cond, reference_swap(a, b, ids[0], ids[1]))
+
+
+def test_an_unknown_clip_type_is_refused(comfy):
+    import comfy.sd as sd
+    import comfy.text_encoders.sd3_clip as sd3
+    import nodes
+
+    clip = sd.CLIP(no_init=True)
+    clip.tokenizer = sd3.SD3Tokenizer()
+    clip.tokenizer_options = {}
+    node = nodes.NODE_CLASS_MAPPINGS["EOSSwapConditioning"]
+    with pytest.raises(ValueError, match=r"EOSSwapConditioning: clip has a tokenizer this node does not know "
+                                         r"\(SD3Tokenizer\); .* Use a checkpoint or CLIP loader of one of those types"):
+        node.execute(clip, BIRD, CHAIR)
