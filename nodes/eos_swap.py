@@ -271,8 +271,9 @@ class EOSSwapConditioning(io.ComfyNode):
                 io.Combo.Input("pooled_from", options=["B", "A"], default="B",
                                tooltip="SDXL: whose pooled output (clip_g's [EOS]) goes with the swapped rows. "
                                        "Ignored by SD1.x/SD2.x UNets."),
-                io.Int.Input("noise_seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
-                             tooltip="Seed of the Gaussian noise used where a class comes from 'noise'."),
+                io.Int.Input("noise_seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
+                             tooltip="Seed of the Gaussian noise used where a class comes from 'noise' (kept "
+                                     "fixed, so the node and its sampler are not re-run on every queue)."),
                 io.Clip.Input("clip_b", optional=True,
                               tooltip="Optional CLIP for prompt B (e.g. another LoRA or clip skip); must be the "
                                       "same model family as clip. Default: clip."),

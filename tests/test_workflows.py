@@ -35,8 +35,11 @@ def test_shipped_workflow_runs_in_comfyui(comfy, sd15_ckpt, path):
     prompt = ui_to_api(workflow, comfy.object_info())
     prompt = workflow_tools.apply_overrides(prompt, ckpt=sd15_ckpt, size=64, max_steps=6)
     r = comfy.run(prompt)
-    ours = [nid for nid, n in prompt.items() if n["class_type"] in ("FrequencyCurves", "FrequencySplitPreview")]
-    assert ours and all(nid in r.ui for nid in ours)  # every pack output node showed something
+    shown = ("FrequencyCurves", "FrequencySplitPreview", "EOSSwapConditioning")
+    ours = [nid for nid, n in prompt.items() if n["class_type"] in shown]
+    assert ours and all(nid in r.ui for nid in ours)  # every pack node with a view showed something
+    saved = [nid for nid, n in prompt.items() if n["class_type"] == "SaveImage"]
+    assert saved and all(r.ui[nid]["images"] for nid in saved)
 
 
 def _info(comfy_free=None):
