@@ -7,8 +7,8 @@ How it reaches exactly the right rows:
 * A CALC_COND_BATCH wrapper (keyed, per model clone) runs at every model evaluation. It reads the
   conds being evaluated, and for each cond that carries ``KV_KEY`` maps that cond's sampling uuid
   to its Values context, in a copy of ``transformer_options`` for this call only (nothing is kept
-  between calls or runs). It refuses a conditioning whose tensor was changed after the node
-  (e.g. by Conditioning Concat), since its stored Values would no longer match.
+  between calls or runs). A conditioning whose tensor was changed after the node (Zero Out,
+  Concat...) is no longer the one the Values belong to: it is left alone, with a warning.
 * An attn2 patch gets ``extra_options["uuids"]`` (one uuid per batch chunk, in batch order): for
   each chunk whose uuid is mapped it replaces that chunk's Values rows, repeated to the chunk's
   batch size and to the token length of the batch (ComfyUI repeats shorter contexts to a common
@@ -21,12 +21,13 @@ from __future__ import annotations
 import torch
 
 from ._api import io
-from ._common import CATEGORY, KEY_PREFIX, ShapeFirstInputError
+from ._common import CATEGORY, KEY_PREFIX, LOGGER, ShapeFirstInputError
 from .eos_swap import KV_KEY, NODE as EOS_NODE
 
 NODE = "EOSSwapKVPatch"
 WRAPPER_KEY = f"{KEY_PREFIX}eos_swap.kv"
 MAP_KEY = f"{KEY_PREFIX}eos_swap.values_by_uuid"
+WARNED_KEY = f"{KEY_PREFIX}eos_swap.warned"
 
 
 def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -36,7 +37,12 @@ def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def values_by_uuid(conds) -> dict:
-    """uuid -> Values context, for every cond that EOSSwapConditioning marked (keys/values only)."""
+    """uuid -> Values context, for every cond that EOSSwapConditioning marked (keys/values only).
+
+    A marked cond whose tensor no longer matches the stored Keys context was changed after the
+    node (Conditioning Zero Out, Concat, Average...): it is no longer that conditioning, so it is
+    left alone, with one warning per sampling run (noted in the run's own copy of the cond dict).
+    """
     mapping = {}
     for group in conds:
         for c in group or ():
@@ -45,10 +51,14 @@ def values_by_uuid(conds) -> dict:
                 continue
             keys = c.get("cross_attn")
             if keys is None or not _same_tensor(keys, data["keys"]):
-                raise ShapeFirstInputError(
-                    NODE, f"a conditioning from {EOS_NODE} ({data.get('mode')}) was changed after that node (its "
-                          "tensor no longer matches the stored Keys context), e.g. by Conditioning Concat or Average. "
-                          "Connect the EOS swap conditioning to the sampler directly, or use apply_to = keys and values.")
+                if not c.get(WARNED_KEY):
+                    c[WARNED_KEY] = True  # c is this run's copy (ComfyUI copies conds for every run)
+                    LOGGER.warning(
+                        "%s: a conditioning from %s (%s) was changed after that node (e.g. by Conditioning Zero Out, "
+                        "Concat or Average), so its Keys/Values swap is not applied. Connect the EOS swap "
+                        "conditioning to the sampler directly to swap Keys or Values only.", NODE, EOS_NODE,
+                        data.get("mode"))
+                continue
             mapping[c["uuid"]] = data["values"]
     return mapping
 

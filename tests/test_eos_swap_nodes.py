@@ -104,6 +104,26 @@ def test_sdxl_swaps_both_encoders_and_the_pooled_output_follows_the_switch(comfy
     assert not torch.equal(pooled_a, s.extras["pooled_output"])
 
 
+def test_textual_inversion_embeddings_in_the_prompt_behave_as_in_clip_text_encode(comfy, sd15_ckpt, tmp_path):
+    import folder_paths
+    import safetensors.torch
+
+    vectors = torch.randn(2, 768, generator=torch.Generator().manual_seed(4))
+    safetensors.torch.save_file({"clip_l": vectors}, str(tmp_path / "shapefirst_test_emb.safetensors"))
+    folder_paths.add_model_folder_path("embeddings", str(tmp_path))
+    a = "a embedding:shapefirst_test_emb bird"
+    r = comfy.run(swap_graph(sd15_ckpt, a, CHAIR), outputs=["2", "3"])  # fresh: the loader reads the folder
+    clip = r.output_value("1", 1)
+    chunk = clip.tokenize(a)["l"][0]
+    assert [torch.is_tensor(t) for t, _ in chunk[:5]] == [False, False, True, True, False]  # 2 vectors inserted
+    ids_a = [[-1 if torch.is_tensor(t) else int(t) for t, _ in chunk]]
+    ids_b = [[int(t) for t, _ in c] for c in clip.tokenize(CHAIR)["l"]]
+    cond, enc_a, enc_b = r.output_value("5", 0)[0][0], r.output_value("2", 0)[0][0], r.output_value("3", 0)[0][0]
+    assert torch.equal(cond, reference_swap(enc_a, enc_b, ids_a, ids_b))
+    assert torch.equal(cond[0, :5], enc_a[0, :5])  # [SOS] a <emb> <emb> bird: A's rows, embeddings included
+    assert "<embedding>" in r.output_value("5", 1)
+
+
 # -- per-class compositions (Appendices C, E, F) --------------------------------------------
 
 def test_zero_and_noise_variants_have_the_rows_and_statistics_claimed(comfy, sd15_ckpt):

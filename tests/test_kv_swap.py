@@ -130,13 +130,18 @@ def test_the_users_model_is_cloned_and_patching_twice_adds_nothing(comfy, sd15_c
     assert len(twice.get_all_wrappers(pe.WrappersMP.CALC_COND_BATCH)) == 1
 
 
-def test_a_kv_conditioning_changed_downstream_is_refused(comfy, sd15_ckpt):
+def test_a_kv_conditioning_changed_downstream_is_left_alone_with_a_warning(comfy, sd15_ckpt, caplog):
     g = kv_graph(sd15_ckpt, BIRD, CHAIR, "", "values only")
-    g["11"] = {"class_type": "ConditioningConcat", "inputs": {"conditioning_to": ["5", 0], "conditioning_from": ["3", 0]}}
-    g["7"]["inputs"]["positive"] = ["11", 0]
-    with pytest.raises(GraphError, match=r"EOSSwapKVPatch: a conditioning from EOSSwapConditioning \(values only\) "
-                                         r"was changed after that node"):
-        comfy.run(g, fresh_cache=False)
+    g["11"] = {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["5", 0]}}
+    g["7"]["inputs"]["negative"] = ["11", 0]  # a common negative: the positive, zeroed (keeps the dict)
+    g["12"] = {"class_type": "KSampler", "inputs": dict(g["7"]["inputs"], model=["1", 0])}  # same, unpatched
+    g["13"] = {"class_type": "SaveLatent", "inputs": {"samples": ["12", 0], "filename_prefix": "tests/kv_zero"}}
+    g["5"]["inputs"]["prompt_b"] = BIRD  # A = B: the positive swap is neutral, so only the negative could differ
+    with caplog.at_level("WARNING", logger="shapefirst"):
+        r = comfy.run(g, fresh_cache=False)
+    assert torch.equal(r.output_value("7")["samples"], r.output_value("12")["samples"])  # zeros stay zeros
+    warnings = [m for m in caplog.messages if "was changed after that node" in m]
+    assert len(warnings) == 1 and warnings[0].startswith("EOSSwapKVPatch: a conditioning from EOSSwapConditioning")
 
 
 def test_sdxl_values_only_with_a_equals_b_is_exact(comfy, sdxl_ckpt):
