@@ -71,12 +71,15 @@ class _Prompt:
         self.cond, self.extras = _encode(clip, self.tokens, which)
         self.roles = {e.key: prompt_roles(self.tokens[e.key], e.info) for e in spec.encoders}
         self.empty = all(semantic_count(r) == 0 for r in self.roles.values())
+        self._flat: dict[str, list] = {}
 
     def layout(self, key: str) -> cmp.PromptLayout:
         return cmp.PromptLayout.of(self.roles[key], self.cond.shape[1])
 
     def token(self, key: str, index: int):
-        flat = [e[0] for chunk in self.tokens[key] for e in chunk]
+        if key not in self._flat:
+            self._flat[key] = [e[0] for chunk in self.tokens[key] for e in chunk]
+        flat = self._flat[key]
         return flat[index] if index < len(flat) else None
 
 

@@ -149,3 +149,38 @@ def test_sdxl_values_only_with_a_equals_b_is_exact(comfy, sdxl_ckpt):
     assert torch.equal(r.output_value("7")["samples"], r.output_value("8")["samples"])
     assert r.output_value("5", 0)[0][0].shape == (1, 77, 2048)
     assert END in [int(t) for t, _ in r.output_value("1", 1).tokenize(BIRD)["l"][0]]
+
+
+def test_values_only_inside_a_step_window(comfy, sd15_ckpt):
+    """values only for the first half: inside the window the cond's Values are the swap and its Keys
+    are A; outside, plain A on both sides (the window's other entry is core-style plain A)."""
+    import nodes
+
+    g = kv_graph(sd15_ckpt, BIRD, CHAIR, "", "values only")
+    g["5"]["inputs"]["end_percent"] = 0.5
+    r = comfy.run(g, fresh_cache=False)
+    a_enc = r.output_value("2", 0)[0][0]
+    clip = r.output_value("1", 1)
+    b_enc = clip.encode_from_tokens_scheduled(clip.tokenize(CHAIR))[0][0]
+    ids = [[[int(t) for t, _ in c] for c in clip.tokenize(p)["l"]] for p in (BIRD, CHAIR)]
+    swapped = reference_swap(a_enc, b_enc, ids[0], ids[1])
+    seen = []
+
+    def after_ours(n, context, value, extra_options):  # runs after the K/V patch in the same list
+        if extra_options.get("block") == ("middle", 0):
+            i = extra_options["cond_or_uncond"].index(0)
+            per = context.shape[0] // len(extra_options["cond_or_uncond"])
+            seen.append((float(extra_options["sigmas"][0]), context[i * per].clone(), value[i * per].clone()))
+        return n, context, value
+
+    recorder = r.output_value("6", 0).clone()
+    recorder.set_model_attn2_patch(after_ours)
+    with torch.inference_mode():
+        nodes.common_ksampler(recorder, 2, 4, 6.0, "euler", "normal", r.output_value("5", 0), r.output_value("3", 0),
+                              {"samples": torch.zeros(1, 4, 8, 8)})
+    boundary = recorder.get_model_object("model_sampling").percent_to_sigma(0.5)
+    inside = [s >= boundary for s, _, _ in seen]
+    assert any(inside) and not all(inside)
+    for (sigma, keys, values), within in zip(seen, inside):
+        assert torch.equal(keys, a_enc[0])
+        assert torch.equal(values, (swapped if within else a_enc)[0]), sigma
