@@ -2,9 +2,11 @@
 ComfyUI has a top-level module called ``nodes`` too."""
 
 from ._api import ComfyExtension, io
+from .eos_swap import EOSSwapConditioning
 from .frequency_split import FrequencySplitPreview
 from .frequency_trace import FrequencyCurves, FrequencyTrace
 from .truncated_cfg import TruncatedCFGGuider, TruncatedCFGSampler
+from .kv_swap import EOSSwapKVPatch
 
 NODE_LIST: list[type[io.ComfyNode]] = [
     FrequencySplitPreview,
@@ -12,6 +14,8 @@ NODE_LIST: list[type[io.ComfyNode]] = [
     FrequencyCurves,
     TruncatedCFGSampler,
     TruncatedCFGGuider,
+    EOSSwapConditioning,
+    EOSSwapKVPatch,
 ]
 
 

@@ -110,6 +110,9 @@ def _describe(ui: dict) -> list[str]:
                 f"node {node_id}: {curves['steps']} steps; |x_t - x_0|/|x_0| at the first step: "
                 f"low {c['ratio_denoise_low'][0]:.3f}, high {c['ratio_denoise_high'][0]:.3f}; files "
                 + ", ".join(f"{f['subfolder']}/{f['filename']}" for f in curves.get("files", [])))
+        for table in payload.get("shapefirst_tokens", []):
+            rows = sum(len(e.get("rows", [])) for e in table.get("encoders", []))
+            notes.append(f"node {node_id}: EOS swap, {rows} token rows; {table.get('title', '')}")
     return notes
 
 

@@ -65,3 +65,15 @@ def output_dir(request) -> Path:
     d = TEST_OUTPUT / safe
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+@pytest.fixture(scope="session")
+def sd2x_ckpt(comfy, checkpoints_dir) -> str:
+    """File name of the tiny random-weight SD2.x checkpoint (OpenCLIP-H text encoder, pads with 0)."""
+    return _ensure("sd2x", checkpoints_dir)
+
+
+@pytest.fixture(scope="session")
+def sdxl_ckpt(comfy, checkpoints_dir) -> str:
+    """File name of the tiny random-weight SDXL checkpoint (clip_l + clip_g; 1.9 GB, built once)."""
+    return _ensure("sdxl", checkpoints_dir)

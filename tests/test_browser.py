@@ -82,9 +82,10 @@ def test_pack_is_listed_and_its_extension_loads(live_server, page):
     info = live_server.get_json("/object_info")
     for name in ("FrequencySplitPreview", "FrequencyTrace", "FrequencyCurves"):
         assert name in info and info[name]["python_module"].endswith("comfyui-shapefirst")
-    assert live_server.get_json("/workflow_templates")["comfyui-shapefirst"] == [WORKFLOW]
+    shipped = sorted(p.stem for p in (REPO / "workflows").glob("*.json"))
+    assert sorted(live_server.get_json("/workflow_templates")["comfyui-shapefirst"]) == shipped
     names = page.evaluate("app.extensions.map(e => e.name)")
-    assert "ShapeFirst.views" in names
+    assert "ShapeFirst.views" in names and "ShapeFirst.tokenTable" in names
 
 
 def test_fig2_workflow_runs_in_the_browser_and_shows_preview_and_chart(live_server, page, output_dir):
@@ -157,4 +158,54 @@ def test_fig2_workflow_runs_in_the_browser_and_shows_preview_and_chart(live_serv
                          f"app.graph.getNodeById({split_id}).imgs[0].naturalHeight]")
     assert size[0] > 3 * 64 and size[1] == 64 + 16  # input | low | high, decoded, with labels
     page.screenshot(path=str(output_dir / "fig2_frequency_over_sampling.png"))
+    assert not page.console_errors, page.console_errors
+
+
+def test_eos_swap_token_table_is_shown_as_text(live_server, page, output_dir):
+    """The Fig. 4 workflow from the templates, run with a hostile prompt: the token table appears
+    in the node with one row per position, and the prompt's markup stays text."""
+    name = "fig4_eos_swap_bird_chair"
+    hostile = 'a <img src=x onerror="window.__pwned=1"> bird'
+    page.evaluate(
+        """async ([name, ckpt, hostile]) => {
+          const r = await fetch(`/api/workflow_templates/comfyui-shapefirst/${name}.json`);
+          await app.loadGraphData(await r.json());
+          const set = (node, wname, value) => {
+            const w = node.widgets.find(w => w.name === wname); w.value = value; w.callback?.(value);
+          };
+          for (const n of app.graph.nodes) {
+            if (n.type === 'CheckpointLoaderSimple') set(n, 'ckpt_name', ckpt);
+            if (n.type === 'EmptyLatentImage') { set(n, 'width', 64); set(n, 'height', 64); }
+            if (n.type === 'KSampler') set(n, 'steps', 3);
+          }
+          const swap = app.graph.nodes.filter(n => n.type === 'EOSSwapConditioning').sort((a, b) => a.id - b.id)[0];
+          set(swap, 'prompt_a', hostile);
+          app.graph.setDirtyCanvas(true, true);
+        }""", [name, live_server.ckpt_name, hostile])
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.wait_for_function(
+        "document.querySelectorAll('[data-shapefirst=\"token-table\"]').length === 2 && "
+        "Array.from(document.querySelectorAll('[data-shapefirst=\"token-table\"]')).every(e => e.dataset.rows === '77')",
+        timeout=180_000)
+    history = _wait_for_history(live_server)
+    assert all(h["status"]["status_str"] == "success" for h in history.values())
+    view = page.evaluate(
+        """() => {
+          const roots = Array.from(document.querySelectorAll('[data-shapefirst="token-table"]'));
+          return roots.map(root => ({
+            imgs: root.querySelectorAll('img').length,
+            text: root.textContent,
+            roles: Array.from(root.querySelectorAll('tr[data-role]')).map(tr => tr.dataset.role),
+          }));
+        }""")
+    assert page.evaluate("window.__pwned === undefined")
+    assert all(v["imgs"] == 0 for v in view)
+    hostile_view = next(v for v in view if "img" in v["text"])
+    tokens = page.evaluate(
+        """() => Array.from(document.querySelectorAll('[data-shapefirst="token-table"] tr[data-role="SEM"] td:nth-child(2)'))
+                   .map(td => td.textContent)""")
+    assert {"<", "img", "src", "="} <= set(tokens)  # CLIP's tokens of the markup, shown as text
+    for v in view:
+        assert v["roles"][0] == "[SOS]" and "[EOS]" in v["roles"] and "SEM" in v["roles"]
+    page.screenshot(path=str(output_dir / "eos_swap_token_table.png"))
     assert not page.console_errors, page.console_errors

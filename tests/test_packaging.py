@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-OUR_NODES = ("FrequencySplitPreview", "FrequencyTrace", "FrequencyCurves")
+OUR_NODES = ("FrequencySplitPreview", "FrequencyTrace", "FrequencyCurves", "EOSSwapConditioning", "EOSSwapKVPatch")
 
 
 def _requirements() -> set[str]:

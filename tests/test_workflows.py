@@ -43,6 +43,8 @@ def test_shipped_workflow_runs_in_comfyui(comfy, sd15_ckpt, path):
     for nid, node in prompt.items():
         if info[node["class_type"]].get("output_node"):
             assert nid in r.ui, f"output node {nid} ({node['class_type']}) showed nothing"
+    saved = [nid for nid, n in prompt.items() if n["class_type"] == "SaveImage"]
+    assert saved and all(r.ui[nid]["images"] for nid in saved)
 
 
 def _info(comfy_free=None):

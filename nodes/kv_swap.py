@@ -1,0 +1,146 @@
+"""EOSSwapKVPatch: lets cross-attention take its Keys and its Values from two different contexts,
+for the Keys-only / Values-only EOS swaps of Yi et al. (NeurIPS 2024) Appendix G.
+
+How it reaches exactly the right rows:
+* EOSSwapConditioning (apply_to = keys only / values only) stores, in the conditioning dict under
+  ``KV_KEY``, the Values context; the conditioning tensor itself is the Keys context.
+* A CALC_COND_BATCH wrapper (keyed, per model clone) runs at every model evaluation. It reads the
+  conds being evaluated, and for each cond that carries ``KV_KEY`` maps that cond's sampling uuid
+  to its Values context, in a copy of ``transformer_options`` for this call only (nothing is kept
+  between calls or runs). A conditioning whose tensor was changed after the node (Zero Out,
+  Concat...) is no longer the one the Values belong to: it is left alone, with a warning.
+* An attn2 patch gets ``extra_options["uuids"]`` (one uuid per batch chunk, in batch order): for
+  each chunk whose uuid is mapped it replaces that chunk's Values rows, repeated to the chunk's
+  batch size and to the token length of the batch (ComfyUI repeats shorter contexts to a common
+  length when cond and uncond differ). Every other chunk (the negative prompt, other positive
+  conds) keeps its own context; the Keys are never touched.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._api import io
+from ._common import CATEGORY, KEY_PREFIX, LOGGER, ShapeFirstInputError
+from .eos_swap import KV_KEY, NODE as EOS_NODE
+
+NODE = "EOSSwapKVPatch"
+WRAPPER_KEY = f"{KEY_PREFIX}eos_swap.kv"
+MAP_KEY = f"{KEY_PREFIX}eos_swap.values_by_uuid"
+WARNED_KEY = f"{KEY_PREFIX}eos_swap.warned"
+
+
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a is b:
+        return True
+    return a.shape == b.shape and torch.equal(a.to(b.device, b.dtype), b)
+
+
+def values_by_uuid(conds) -> dict:
+    """uuid -> Values context, for every cond that EOSSwapConditioning marked (keys/values only).
+
+    A marked cond whose tensor no longer matches the stored Keys context was changed after the
+    node (Conditioning Zero Out, Concat, Average...): it is no longer that conditioning, so it is
+    left alone, with one warning per sampling run (noted in the run's own copy of the cond dict).
+    """
+    mapping = {}
+    for group in conds:
+        for c in group or ():
+            data = c.get(KV_KEY)
+            if not data:
+                continue
+            keys = c.get("cross_attn")
+            if keys is None or not _same_tensor(keys, data["keys"]):
+                if not c.get(WARNED_KEY):
+                    c[WARNED_KEY] = True  # c is this run's copy (ComfyUI copies conds for every run)
+                    LOGGER.warning(
+                        "%s: a conditioning from %s (%s) was changed after that node (e.g. by Conditioning Zero Out, "
+                        "Concat or Average), so its Keys/Values swap is not applied. Connect the EOS swap "
+                        "conditioning to the sampler directly to swap Keys or Values only.", NODE, EOS_NODE,
+                        data.get("mode"))
+                continue
+            mapping[c["uuid"]] = data["values"]
+    return mapping
+
+
+def calc_cond_batch_wrapper(executor, model, conds, x_in, timestep, model_options):
+    mapping = values_by_uuid(conds)
+    if mapping:
+        model_options = dict(model_options)
+        transformer_options = dict(model_options.get("transformer_options", {}))
+        transformer_options[MAP_KEY] = mapping
+        model_options["transformer_options"] = transformer_options
+    return executor(model, conds, x_in, timestep, model_options)
+
+
+def _fit(values: torch.Tensor, rows: int, tokens: int, like: torch.Tensor) -> torch.Tensor:
+    """``values`` (b, T, C) repeated to (rows, tokens, C) as ComfyUI repeats conds (batch and length)."""
+    if tokens % values.shape[1]:
+        raise ShapeFirstInputError(
+            NODE, f"the batch's context has {tokens} tokens, not a multiple of the stored {values.shape[1]}; "
+                  "this conditioning was combined in a way the K/V swap cannot follow.")
+    v = values.to(device=like.device, dtype=like.dtype)
+    if tokens != v.shape[1]:
+        v = v.repeat(1, tokens // v.shape[1], 1)
+    if v.shape[0] < rows:
+        v = v.repeat(-(-rows // v.shape[0]), 1, 1)
+    return v[:rows]
+
+
+def kv_attn2_patch(n, context_attn2, value_attn2, extra_options):
+    mapping = extra_options.get(MAP_KEY)
+    uuids = extra_options.get("uuids")
+    if not mapping or not uuids or context_attn2 is None:
+        return n, context_attn2, value_attn2
+    base = value_attn2 if value_attn2 is not None else context_attn2
+    chunks = len(uuids)
+    if base.shape[0] % chunks:
+        raise ShapeFirstInputError(NODE, f"cross-attention batch of {base.shape[0]} rows does not split into "
+                                         f"{chunks} conds; this model is not supported.")
+    per = base.shape[0] // chunks
+    out = None
+    for i, u in enumerate(uuids):
+        values = mapping.get(u)
+        if values is None:
+            continue
+        if out is None:
+            out = base.clone()  # never write into a tensor the caller still holds
+        out[i * per:(i + 1) * per] = _fit(values, per, base.shape[1], base)
+    return n, context_attn2, (value_attn2 if out is None else out)
+
+
+def patch_model(model):
+    """A clone of ``model`` with the wrapper and the attn2 patch (applying twice adds nothing)."""
+    import comfy.patcher_extension
+
+    m = model.clone()
+    m.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, WRAPPER_KEY)
+    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, WRAPPER_KEY, calc_cond_batch_wrapper)
+    patches = m.model_options.get("transformer_options", {}).get("patches", {}).get("attn2_patch", [])
+    if not any(p is kv_attn2_patch for p in patches):
+        m.set_model_attn2_patch(kv_attn2_patch)
+    return m
+
+
+class EOSSwapKVPatch(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=NODE,
+            display_name="EOS Swap K/V Patch (model)",
+            category=f"{CATEGORY}/conditioning",
+            description=(
+                "Needed for EOS Swap Conditioning with apply_to = 'keys only' or 'values only' (the paper's "
+                "Appendix G): cross-attention then computes its Keys from one context and its Values from the "
+                "other, for that conditioning only. The negative prompt and any other conditioning keep their own "
+                "context; without such a conditioning the model samples exactly as before. UNet models (SD1.x, "
+                "SD2.x, SDXL)."
+            ),
+            inputs=[io.Model.Input("model", tooltip="The model to sample with. It is cloned, never modified.")],
+            outputs=[io.Model.Output("patched_model", display_name="model",
+                                     tooltip="The same model with the K/V swap hook; connect it to your sampler.")],
+        )
+
+    @classmethod
+    def execute(cls, model) -> io.NodeOutput:
+        return io.NodeOutput(patch_model(model))
