@@ -2,6 +2,7 @@
 ComfyUI has a top-level module called ``nodes`` too."""
 
 from ._api import ComfyExtension, io
+from .attention_capture import AttentionMapCapture
 from .frequency_split import FrequencySplitPreview
 from .frequency_trace import FrequencyCurves, FrequencyTrace
 
@@ -9,6 +10,7 @@ NODE_LIST: list[type[io.ComfyNode]] = [
     FrequencySplitPreview,
     FrequencyTrace,
     FrequencyCurves,
+    AttentionMapCapture,
 ]
 
 

@@ -1,0 +1,99 @@
+"""The paper's attention metrics on plain tensors.
+
+* ``class_shares``: per token class, the attention weight averaged over pixels, per step (Fig. 3);
+* ``canny_edges`` + ``edge_f1``: how well the edges of an attention map match the edges of the
+  final image (Fig. 1b uses F1_t relative to the last step);
+* ``kl_per_step``: KL divergence between two captures' per-pixel token distributions (Fig. 16).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .attention_tokens import ROLES
+
+
+def class_shares(token_means: torch.Tensor, roles: list[str]) -> dict[str, list[float]]:
+    """Sum of the pixel-averaged weights of each class's tokens, per step.
+
+    ``token_means``: (S, T), each token's weight averaged over pixels; ``roles``: T roles.
+    The classes' shares add up to the total weight (1 when all positions were recorded).
+    Classes without tokens are left out."""
+    if token_means.ndim != 2 or token_means.shape[1] != len(roles):
+        raise ValueError(f"token_means {tuple(token_means.shape)} does not match {len(roles)} roles")
+    out = {}
+    for cls in ROLES:
+        idx = [i for i, r in enumerate(roles) if r == cls]
+        if idx:
+            out[cls] = token_means[:, idx].sum(dim=1).tolist()
+    return out
+
+
+def normalize01(x: torch.Tensor) -> torch.Tensor:
+    """Min-max normalise each (H, W) map of (..., H, W) to [0, 1]; flat maps become 0."""
+    lo = x.amin(dim=(-2, -1), keepdim=True)
+    hi = x.amax(dim=(-2, -1), keepdim=True)
+    span = hi - lo
+    return torch.where(span > 0, (x - lo) / span.clamp_min(1e-12), torch.zeros_like(x))
+
+
+def canny_edges(images: torch.Tensor, low: float = 0.1, high: float = 0.2, sigma: float = 1.0) -> torch.Tensor:
+    """Boolean edge maps (B, H, W) of (B, H, W) grey images in [0, 1] with kornia's Canny."""
+    import kornia
+
+    if images.ndim != 3:
+        raise ValueError(f"expected (B, H, W), got {tuple(images.shape)}")
+    if not 0 <= low <= high:
+        raise ValueError(f"need 0 <= low ({low}) <= high ({high})")
+    x = images.to(torch.float32)[:, None]
+    _, edges = kornia.filters.canny(x, low_threshold=low, high_threshold=high, sigma=(sigma, sigma))
+    return edges[:, 0] > 0.5
+
+
+def _dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    if radius <= 0:
+        return mask
+    k = 2 * radius + 1
+    return F.max_pool2d(mask[None, None].to(torch.float32), k, stride=1, padding=radius)[0, 0] > 0
+
+
+def edge_f1(pred: torch.Tensor, target: torch.Tensor, tolerance: int = 0) -> float:
+    """F1 of two (H, W) boolean edge maps; an edge pixel matches within ``tolerance`` pixels.
+
+    Precision: share of ``pred`` edges near a ``target`` edge; recall: the reverse. Two empty
+    maps agree (1.0); one empty map against edges scores 0."""
+    if pred.shape != target.shape or pred.ndim != 2:
+        raise ValueError(f"edge maps must be two (H, W) of one shape, got {tuple(pred.shape)}, {tuple(target.shape)}")
+    pred, target = pred.bool(), target.bool()
+    np_, nt = int(pred.sum()), int(target.sum())
+    if np_ == 0 and nt == 0:
+        return 1.0
+    if np_ == 0 or nt == 0:
+        return 0.0
+    precision = int((pred & _dilate(target, tolerance)).sum()) / np_
+    recall = int((target & _dilate(pred, tolerance)).sum()) / nt
+    if precision + recall == 0:
+        return 0.0
+    return 2 * precision * recall / (precision + recall)
+
+
+def relative(values: list[float]) -> list[float | None]:
+    """values / values[-1] (the paper's F1_t / F1 at the last step); None where undefined."""
+    last = values[-1] if values else 0.0
+    return [(v / last) if last else None for v in values]
+
+
+def kl_per_step(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-8) -> list[float]:
+    """Mean over pixels of KL(p || q) over the token axis, per step.
+
+    ``p``, ``q``: (S, T, H, W) per-pixel distributions over T tokens (renormalised after
+    adding ``eps``, so stored zeros and float16 rounding are harmless)."""
+    if p.shape != q.shape or p.ndim != 4:
+        raise ValueError(f"need two (S, T, H, W) tensors of one shape, got {tuple(p.shape)} and {tuple(q.shape)}")
+    p = p.to(torch.float64).clamp_min(0) + eps
+    q = q.to(torch.float64).clamp_min(0) + eps
+    p = p / p.sum(dim=1, keepdim=True)
+    q = q / q.sum(dim=1, keepdim=True)
+    kl = (p * (p.log() - q.log())).sum(dim=1)  # (S, H, W)
+    return kl.mean(dim=(-2, -1)).tolist()
