@@ -3,6 +3,8 @@ ComfyUI has a top-level module called ``nodes`` too."""
 
 from ._api import ComfyExtension, io
 from .attention_capture import AttentionMapCapture
+from .attention_compare import AttentionMapCompare
+from .attention_view import AttentionMapView
 from .frequency_split import FrequencySplitPreview
 from .frequency_trace import FrequencyCurves, FrequencyTrace
 
@@ -11,6 +13,8 @@ NODE_LIST: list[type[io.ComfyNode]] = [
     FrequencyTrace,
     FrequencyCurves,
     AttentionMapCapture,
+    AttentionMapView,
+    AttentionMapCompare,
 ]
 
 

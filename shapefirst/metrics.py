@@ -97,3 +97,39 @@ def kl_per_step(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-8) -> list[flo
     q = q / q.sum(dim=1, keepdim=True)
     kl = (p * (p.log() - q.log())).sum(dim=1)  # (S, H, W)
     return kl.mean(dim=(-2, -1)).tolist()
+
+
+def to_grey(image: torch.Tensor) -> torch.Tensor:
+    """(H, W, 3) RGB in [0, 1] -> (H, W) luma."""
+    w = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32, device=image.device)
+    return (image.to(torch.float32) * w).sum(dim=-1)
+
+
+def working_size(h: int, w: int, longest: int) -> tuple[int, int]:
+    """(h, w) scaled down so the longer side is at most ``longest``."""
+    s = min(1.0, longest / max(h, w))
+    return max(8, round(h * s)), max(8, round(w * s))
+
+
+def shape_convergence(image: torch.Tensor, maps: torch.Tensor, longest: int = 256, low: float = 0.1,
+                      high: float = 0.2, tolerance: int = 1, batch: int = 32, on_batch=None) -> torch.Tensor:
+    """Fig. 1b: F1 of the Canny edges of each attention map against those of the final image.
+
+    ``image``: (H, W, 3) in [0, 1]; ``maps``: (S, K, h, w) for S steps and K tokens. Both are
+    brought to one working size (the image's, at most ``longest`` px on the long side; maps
+    bilinear-upsampled and min-max normalised). Returns (K, S) F1 values."""
+    s, k = maps.shape[:2]
+    size = working_size(image.shape[0], image.shape[1], longest)
+    grey = F.interpolate(to_grey(image)[None, None], size=size, mode="area" if size[0] <= image.shape[0] else "bilinear")
+    target = canny_edges(grey[:, 0], low, high)[0]
+    flat = maps.reshape(s * k, *maps.shape[-2:]).to(torch.float32)
+    out = torch.empty(s * k, dtype=torch.float64)
+    for start in range(0, s * k, batch):
+        chunk = flat[start:start + batch]
+        up = F.interpolate(chunk[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        edges = canny_edges(normalize01(up), low, high)
+        for j in range(edges.shape[0]):
+            out[start + j] = edge_f1(edges[j], target, tolerance)
+        if on_batch is not None:
+            on_batch(edges.shape[0])
+    return out.reshape(s, k).T.contiguous()
