@@ -111,8 +111,8 @@ class AttentionMapView(io.ComfyNode):
                 io.Int.Input("batch_index", default=0, min=0, max=4095, tooltip="Which image of the batch (0 = first)."),
                 io.Int.Input("cell_size", default=128, min=32, max=512,
                              tooltip="Size in px of one heatmap cell in the grid image."),
-                io.Int.Input("edge_size", default=256, min=32, max=1024,
-                             tooltip="Working size (long side, px) for the Canny edges of maps and image in the F1."),
+                io.Int.Input("edge_size", default=128, min=32, max=1024,
+                             tooltip="Working size (long side, px) for the Canny edges of maps and image in the F1 (the image is shrunk to it, maps enlarged). 128 keeps CPUs quick; maps are at most 64x64 anyway."),
                 io.Float.Input("canny_low", default=0.1, min=0.0, max=1.0, step=0.01,
                                tooltip="Canny low threshold (kornia; on [0, 1] intensities). 0.1 = kornia's default."),
                 io.Float.Input("canny_high", default=0.2, min=0.0, max=1.0, step=0.01,
@@ -139,7 +139,7 @@ class AttentionMapView(io.ComfyNode):
 
     @classmethod
     def execute(cls, capture, images, clip, prompt, branch="cond", tokens="auto", steps="auto", batch_index=0,
-                cell_size=128, edge_size=256, canny_low=0.1, canny_high=0.2, edge_tolerance=1,
+                cell_size=128, edge_size=128, canny_low=0.1, canny_high=0.2, edge_tolerance=1,
                 filename_prefix="shapefirst/attention") -> io.NodeOutput:
         import comfy.utils
 
@@ -158,7 +158,7 @@ class AttentionMapView(io.ComfyNode):
         image = images[batch_index].to("cpu", torch.float32)
         progress = comfy.utils.ProgressBar(len(recorded) * len(picked) + 2)
         f1 = metrics.shape_convergence(image, maps[:, picked], edge_size, canny_low, canny_high, edge_tolerance,
-                                       on_batch=progress.update)
+                                       on_map=progress.update)
         sem = [k for k, i in enumerate(picked) if roles[i] == SEM] or list(range(len(picked)))
         f1_mean = f1[sem].mean(dim=0).tolist()
         f1_rel = metrics.relative(f1_mean)

@@ -39,16 +39,36 @@ def normalize01(x: torch.Tensor) -> torch.Tensor:
 
 
 def canny_edges(images: torch.Tensor, low: float = 0.1, high: float = 0.2, sigma: float = 1.0) -> torch.Tensor:
-    """Boolean edge maps (B, H, W) of (B, H, W) grey images in [0, 1] with kornia's Canny."""
+    """Boolean edge maps (B, H, W) of (B, H, W) grey images in [0, 1] with kornia's Canny.
+
+    kornia finds the weak and strong edge pixels (Gaussian blur, Sobel gradients, non-maximum
+    suppression, the two thresholds); hysteresis then keeps every 8-connected group of edge
+    pixels that holds a strong one, with scipy's labelling (kornia's iterative hysteresis
+    takes seconds per 256 px image on a CPU). Each image goes through kornia alone: its
+    non-maximum suppression breaks ties by the last bits of the blurred values, which differ
+    between batch sizes, so a batched call would shift some edges by a pixel."""
     import kornia
+    import numpy as np
+    from scipy import ndimage
 
     if images.ndim != 3:
         raise ValueError(f"expected (B, H, W), got {tuple(images.shape)}")
     if not 0 <= low <= high:
         raise ValueError(f"need 0 <= low ({low}) <= high ({high})")
-    x = images.to(torch.float32)[:, None]
-    _, edges = kornia.filters.canny(x, low_threshold=low, high_threshold=high, sigma=(sigma, sigma))
-    return edges[:, 0] > 0.5
+    out = torch.zeros(images.shape, dtype=torch.bool)
+    eight = np.ones((3, 3), dtype=bool)
+    for i in range(images.shape[0]):
+        x = images[i:i + 1, None].to(torch.float32)
+        _, levels = kornia.filters.canny(x, low_threshold=low, high_threshold=high, sigma=(sigma, sigma),
+                                         hysteresis=False)
+        levels = levels[0, 0].cpu().numpy()
+        labels, n = ndimage.label(levels > 0, structure=eight)
+        if n:
+            keep = np.zeros(n + 1, dtype=bool)
+            keep[np.unique(labels[levels > 0.75])] = True
+            keep[0] = False
+            out[i] = torch.from_numpy(keep[labels])
+    return out
 
 
 def _dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
@@ -111,8 +131,8 @@ def working_size(h: int, w: int, longest: int) -> tuple[int, int]:
     return max(8, round(h * s)), max(8, round(w * s))
 
 
-def shape_convergence(image: torch.Tensor, maps: torch.Tensor, longest: int = 256, low: float = 0.1,
-                      high: float = 0.2, tolerance: int = 1, batch: int = 32, on_batch=None) -> torch.Tensor:
+def shape_convergence(image: torch.Tensor, maps: torch.Tensor, longest: int = 128, low: float = 0.1,
+                      high: float = 0.2, tolerance: int = 1, on_map=None) -> torch.Tensor:
     """Fig. 1b: F1 of the Canny edges of each attention map against those of the final image.
 
     ``image``: (H, W, 3) in [0, 1]; ``maps``: (S, K, h, w) for S steps and K tokens. Both are
@@ -122,14 +142,11 @@ def shape_convergence(image: torch.Tensor, maps: torch.Tensor, longest: int = 25
     size = working_size(image.shape[0], image.shape[1], longest)
     grey = F.interpolate(to_grey(image)[None, None], size=size, mode="area" if size[0] <= image.shape[0] else "bilinear")
     target = canny_edges(grey[:, 0], low, high)[0]
-    flat = maps.reshape(s * k, *maps.shape[-2:]).to(torch.float32)
+    flat = maps.reshape(s * k, 1, *maps.shape[-2:]).to(torch.float32)
     out = torch.empty(s * k, dtype=torch.float64)
-    for start in range(0, s * k, batch):
-        chunk = flat[start:start + batch]
-        up = F.interpolate(chunk[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-        edges = canny_edges(normalize01(up), low, high)
-        for j in range(edges.shape[0]):
-            out[start + j] = edge_f1(edges[j], target, tolerance)
-        if on_batch is not None:
-            on_batch(edges.shape[0])
+    for i in range(s * k):
+        up = F.interpolate(flat[i:i + 1], size=size, mode="bilinear", align_corners=False)[:, 0]
+        out[i] = edge_f1(canny_edges(normalize01(up), low, high)[0], target, tolerance)
+        if on_map is not None:
+            on_map(1)
     return out.reshape(s, k).T.contiguous()
