@@ -65,3 +65,15 @@ def output_dir(request) -> Path:
     d = TEST_OUTPUT / safe
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+@pytest.fixture(scope="session")
+def sd2x_ckpt(comfy, checkpoints_dir) -> str:
+    """File name of the tiny random-weight SD2.x checkpoint (OpenCLIP ViT-H text encoder)."""
+    return _ensure("sd2x", checkpoints_dir)
+
+
+@pytest.fixture(scope="session")
+def sdxl_ckpt(comfy, checkpoints_dir) -> str:
+    """File name of the tiny random-weight SDXL checkpoint (1.9 GB: full-size CLIP-L and CLIP-G)."""
+    return _ensure("sdxl", checkpoints_dir)
