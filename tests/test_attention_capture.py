@@ -124,11 +124,11 @@ def test_capture_is_the_same_under_every_cpu_attention_backend(sd15_parts, monke
         monkeypatch.setattr(attention, "optimized_attention", func)
         monkeypatch.setattr(attention, "optimized_attention_masked", func)
         captured, rec = _capture(model)
-        with_capture = _sample(captured, clip, steps=3)
-        plain = _sample(model, clip, steps=3)
+        with_capture = _sample(captured, clip, steps=2)
+        plain = _sample(model, clip, steps=2)
         assert torch.equal(with_capture, plain), name  # bit-identical under this backend
         run = rec.run
-        assert run.complete and run.steps(0) == [0, 1, 2] and run.steps(1) == [0, 1, 2], name
+        assert run.complete and run.steps(0) == [0, 1] and run.steps(1) == [0, 1], name
         results[name] = torch.stack([run.stacked(b) for b in (0, 1)]).double()
     monkeypatch.undo()
     base = results["attention_basic"]
@@ -149,8 +149,7 @@ def _graph(ckpt, prompt="a square coaster", negative="", steps=4, sampler="euler
     return g
 
 
-@pytest.mark.parametrize("sampler,batch", [("euler", 2), ("heun", 1), ("dpmpp_2m", 1), ("euler_ancestral", 2),
-                                           ("ddim", 1), ("dpmpp_sde", 1)])
+@pytest.mark.parametrize("sampler,batch", [("euler", 2), ("heun", 1), ("dpmpp_2m", 1), ("euler_ancestral", 2)])
 def test_sampling_with_capture_is_bit_identical_to_sampling_without(comfy, sd15_ckpt, sampler, batch):
     r = comfy.run(_graph(sd15_ckpt, steps=3, sampler=sampler, batch=batch, keep_layers=True), outputs=["6"])
     plain, captured = r.output_value("6")["samples"], r.output_value("7")["samples"]
@@ -168,7 +167,7 @@ def test_steps_tokens_and_grid_follow_the_run_and_repeats_are_folded(comfy, sd15
     g["11"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "a square coaster", "clip": ["1", 1]}}
     g["12"] = graphs.ksampler(("10", 0), ("4", 0), steps=4, sampler="heun", positive=("11", 0))
     g["13"] = {"class_type": "SaveLatent", "inputs": {"samples": ["12", 0], "filename_prefix": "tests/latent"}}
-    r = comfy.run(g, outputs=["6"])
+    r = comfy.run(g)
     long_run, short_run = r.output_value("5", 1).run, r.output_value("10", 1).run
     assert long_run is not short_run
     assert long_run.total_steps == 4 and long_run.planned_steps == [0, 2, 3]
@@ -234,7 +233,7 @@ def test_an_interrupted_run_leaves_no_state_and_the_next_run_works(sd15_parts):
             raise mm.InterruptProcessingException()
 
     with pytest.raises(mm.InterruptProcessingException):
-        _sample(captured, clip, steps=4, callback=interrupt)
+        _sample(captured, clip, steps=3, callback=interrupt)
     assert not rec.busy and rec.run is not None and not rec.run.complete
     assert rec.run.steps(0) == [0, 1]  # what ran before the interruption, marked unfinished
     assert attention.optimized_attention is before
@@ -242,8 +241,8 @@ def test_an_interrupted_run_leaves_no_state_and_the_next_run_works(sd15_parts):
     view = nodes.NODE_CLASS_MAPPINGS["AttentionMapView"]
     with pytest.raises(ValueError, match=r"AttentionMapView: 'capture' holds no finished sampling run"):
         view.execute(rec, images, clip, "a square coaster")
-    assert torch.equal(_sample(captured, clip, steps=4), _sample(model, clip, steps=4))
-    assert rec.run.complete and rec.run.steps(0) == [0, 1, 2, 3]
+    assert torch.equal(_sample(captured, clip, steps=3), _sample(model, clip, steps=3))
+    assert rec.run.complete and rec.run.steps(0) == [0, 1, 2]
 
 
 def test_a_run_over_the_memory_limit_stops_at_its_first_step_with_the_fix(comfy, sd15_ckpt):
