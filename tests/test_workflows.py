@@ -35,7 +35,8 @@ def test_shipped_workflow_runs_in_comfyui(comfy, sd15_ckpt, path):
     prompt = ui_to_api(workflow, comfy.object_info())
     prompt = workflow_tools.apply_overrides(prompt, ckpt=sd15_ckpt, size=64, max_steps=6)
     r = comfy.run(prompt)
-    ours = [nid for nid, n in prompt.items() if n["class_type"] in ("FrequencyCurves", "FrequencySplitPreview")]
+    ours = [nid for nid, n in prompt.items() if n["class_type"] in (
+        "FrequencyCurves", "FrequencySplitPreview", "AttentionMapView", "AttentionMapCompare")]
     assert ours and all(nid in r.ui for nid in ours)  # every pack output node showed something
 
 
