@@ -23,6 +23,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+import torch
+
 from ..shapefirst.attention import (BRANCH_NAMES, COND, UNCOND, AttentionRun, EvalAccumulator, fold_repeats,
                                     grid_for, head_mean_probs, infer_hw, planned_steps, to_maps)
 from ._api import io
@@ -180,12 +182,14 @@ class AttentionRecorder:
         rec = self
 
         def forward(x, cond, mask=None):
-            if rec._acc is not None and rec._call is not None:
+            rows = rec._rows(x.shape[0]) if rec._acc is not None and rec._call is not None else None
+            if rows:
                 b, n, c = x.shape
-                q = module.q_linear(x)
                 kv = module.kv_linear(cond).view(1, -1, 2, module.num_heads, module.head_dim)
                 k = kv[:, :, 0].reshape(b, -1, c)
-                rec._add(layer, head_mean_probs(q, k, module.num_heads), infer_hw(n, *rec._call[1]))
+                q = module.q_linear(_take(x, rows, b))
+                probs = head_mean_probs(q, _take(k, rows, b), module.num_heads)
+                rec._add(layer, probs, rows, infer_hw(n, *rec._call[1]))
             if previous is not None:
                 return previous(x, cond, mask)
             return type(module).forward(module, x, cond, mask)
@@ -203,26 +207,38 @@ class AttentionRecorder:
         nq, nk = (q.shape[2], k.shape[2]) if skip else (q.shape[1], k.shape[1])
         if (nq, nk) != tuple(pending[:2]) or heads is None:
             return  # not the cross-attention call that was flagged (e.g. an attn2 replace patch)
+        rows = self._rows(q.shape[0])
+        if not rows:
+            return
         shape = pending[3]
         if shape and len(shape) >= 4 and shape[-2] * shape[-1] == nq:
             hw = (int(shape[-2]), int(shape[-1]))
         else:
             hw = infer_hw(nq, *self._call[1])
-        self._add(pending[2], head_mean_probs(q, k, int(heads), skip_reshape=skip, mask=mask), hw)
+        b = q.shape[0] // len(self._call[0])
+        if mask is not None and mask.ndim >= 3 and mask.shape[0] == q.shape[0]:
+            mask = _take(mask, rows, b)
+        probs = head_mean_probs(_take(q, rows, b), _take(k, rows, b), int(heads), skip_reshape=skip, mask=mask)
+        self._add(pending[2], probs, rows, hw)
 
-    def _add(self, layer: str, probs, hw):
+    def _rows(self, batch: int) -> list[int]:
+        """Indices of the batch chunks of this call that belong to a recorded branch."""
         cond_or_uncond, chunk_hw = self._call
         if chunk_hw != self._latent_hw:
             self._warn("area", "a conditioning with an area (or a cropped batch) was not recorded; "
                                "maps cover whole-image conditionings only.")
-            return
-        if not cond_or_uncond or probs.shape[0] % len(cond_or_uncond):
-            return
-        b = probs.shape[0] // len(cond_or_uncond)
-        for ci, branch in enumerate(cond_or_uncond):
-            if branch not in self._wanted:
-                continue
-            p = probs[ci * b:(ci + 1) * b]
+            return []
+        if not cond_or_uncond or batch % len(cond_or_uncond):
+            return []
+        return [ci for ci, branch in enumerate(cond_or_uncond) if branch in self._wanted]
+
+    def _add(self, layer: str, probs, rows: list[int], hw):
+        """``probs``: (len(rows) * b, N, K) for the chunks ``rows`` of the current call."""
+        cond_or_uncond = self._call[0]
+        b = probs.shape[0] // len(rows)
+        for j, ci in enumerate(rows):
+            branch = cond_or_uncond[ci]
+            p = probs[j * b:(j + 1) * b]
             length = self._branch_len.get(branch, 0)
             if length < 0:
                 self._warn("mixed", f"the {BRANCH_NAMES.get(branch, branch)} branch combines prompts of different "
@@ -266,6 +282,13 @@ class AttentionRecorder:
                 f"{gh}x{gw} grid x {run.batch} images x {len(branches)} branches"
                 f"{' + per-layer maps' if s.keep_layers else ''}). Keep fewer steps (step_stride), fewer tokens "
                 "(max_tokens), a coarser grid (max_grid), turn keep_layers off, or raise memory_limit_mb.")
+
+
+def _take(t, rows: list[int], b: int):
+    """The batch chunks ``rows`` (each ``b`` entries) of ``t``; ``t`` itself when that is all of it."""
+    if len(rows) * b == t.shape[0]:
+        return t
+    return torch.cat([t[ci * b:(ci + 1) * b] for ci in rows])
 
 
 def model_kind(model) -> str:

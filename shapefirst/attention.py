@@ -31,42 +31,45 @@ def head_mean_probs(q: torch.Tensor, k: torch.Tensor, heads: int, skip_reshape: 
     ``q``: (B, N, heads*d) and ``k``: (B, K, heads*d), or with ``skip_reshape`` (B, heads, N, d)
     and (B, heads, K, d), the two layouts ComfyUI's attention functions accept. ``mask`` is
     added to the scores (float) or keeps keys where True (bool), as ComfyUI's attention does.
-    Queries are processed in chunks so the temporary scores stay near ``chunk_elements``.
+    Queries are processed in chunks so the temporary scores stay near ``chunk_elements``; one
+    batched matrix product per chunk, as cheap as the attention call itself.
     """
     if skip_reshape:
         b, h, n, d = q.shape
-        qh, kh = q, k
+        qf, kf = q.reshape(b * h, n, d), k.reshape(b * h, k.shape[2], d)
     else:
         b, n, inner = q.shape
         h = heads
+        if inner % h:
+            raise ValueError(f"heads {heads} does not divide the query width {inner}")
         d = inner // h
-        qh = q.reshape(b, n, h, d).transpose(1, 2)
-        kh = k.reshape(b, k.shape[1], h, d).transpose(1, 2)
-    kn = kh.shape[2]
-    if h != heads and not skip_reshape:
-        raise ValueError(f"heads {heads} does not divide the query width {q.shape[-1]}")
-    kh = kh.to(torch.float32)
+        qf = q.reshape(b, n, h, d).transpose(1, 2).reshape(b * h, n, d)
+        kf = k.reshape(b, k.shape[1], h, d).transpose(1, 2).reshape(b * h, k.shape[1], d)
+    kn = kf.shape[1]
+    kt = kf.to(torch.float32).transpose(1, 2)
     scale = d ** -0.5
     if mask is not None:
         mask = _expand_mask(mask, b, h, n, kn)
+        mask = mask.expand(b, h, mask.shape[2], kn).reshape(b * h, mask.shape[2], kn)
     out = torch.empty((b, n, kn), dtype=torch.float32, device=q.device)
     step = max(1, chunk_elements // max(1, b * h * kn))
     for start in range(0, n, step):
         stop = min(n, start + step)
-        scores = torch.matmul(qh[:, :, start:stop].to(torch.float32), kh.transpose(-1, -2)) * scale
+        scores = torch.bmm(qf[:, start:stop].to(torch.float32) * scale, kt)
         if mask is not None:
-            m = mask[:, :, start:stop] if mask.shape[2] == n else mask
+            m = mask[:, start:stop] if mask.shape[1] == n else mask
             if m.dtype == torch.bool:
                 scores = scores.masked_fill(~m, -torch.finfo(scores.dtype).max)
             else:
                 scores = scores + m.to(scores.dtype)
-        out[:, start:stop] = scores.softmax(dim=-1).mean(dim=1)
-    return out
+        probs = scores.softmax(dim=-1).view(b, h, stop - start, kn)
+        out[:, start:stop] = probs.sum(dim=1)
+    return out.mul_(1.0 / h)
 
 
 def _expand_mask(mask: torch.Tensor, b: int, h: int, n: int, kn: int) -> torch.Tensor:
     """A mask broadcastable to (B, heads, N or 1, K), from the shapes ComfyUI accepts."""
-    if mask.ndim == 2:  # (N, K) or (B, K) for bool masks
+    if mask.ndim == 2:  # (N, K), or (B, K) for boolean key masks
         if mask.dtype == torch.bool and mask.shape[0] == b and mask.shape[1] == kn:
             return mask[:, None, None, :]
         return mask[None, None]
