@@ -75,8 +75,9 @@ def _reference(module, n, context):
     return probs / h  # (B, N, T)
 
 
-def test_probabilities_are_the_softmax_of_each_layers_own_q_and_k(sd15_parts):
-    model, clip, _ = sd15_parts
+def _check_against_reference(model, clip, steps=3):
+    """Sample with the capture and the test's own input recorder; compare each layer with the softmax
+    of its own q/k. Returns (run, samples)."""
     captured, rec = _capture(model, keep_layers=True)
     probe = captured.clone()
     calls = []
@@ -86,8 +87,7 @@ def test_probabilities_are_the_softmax_of_each_layers_own_q_and_k(sd15_parts):
         return n, context, value
 
     probe.set_model_attn2_patch(record)  # runs after the capture's own patch, sees the same inputs
-    steps = 3
-    _sample(probe, clip, steps=steps)  # euler: one model evaluation per step, cond + uncond batched
+    samples = _sample(probe, clip, steps=steps)  # euler: one model evaluation per step, cond + uncond batched
     run = rec.run
     layers = run.layer_names
     assert len(layers) == 4 and len(calls) == 4 * steps
@@ -102,6 +102,14 @@ def test_probabilities_are_the_softmax_of_each_layers_own_q_and_k(sd15_parts):
             got = run.layers[branch][step][layer].double()
             assert torch.allclose(got, want, atol=5e-5), (step, layer, branch, (got - want).abs().max())
             assert torch.allclose(got.sum(1), torch.ones_like(got.sum(1)), atol=1e-3)
+    return run, samples
+
+
+def test_probabilities_are_the_softmax_of_each_layers_own_q_and_k(sd15_parts):
+    model, clip, _ = sd15_parts
+    steps = 3
+    run, _ = _check_against_reference(model, clip, steps)
+    layers = run.layer_names
     for branch in (0, 1):
         for step in range(steps):
             mean = run.maps[branch][step].double()
@@ -123,19 +131,17 @@ def test_capture_is_the_same_under_every_cpu_attention_backend(sd15_parts, monke
         func = getattr(attention, name)
         monkeypatch.setattr(attention, "optimized_attention", func)
         monkeypatch.setattr(attention, "optimized_attention_masked", func)
-        captured, rec = _capture(model)
-        with_capture = _sample(captured, clip, steps=2)
-        plain = _sample(model, clip, steps=2)
-        assert torch.equal(with_capture, plain), name  # bit-identical under this backend
-        run = rec.run
+        # under each backend: every layer is the softmax of its own q and k, sampling is unchanged
+        run, with_capture = _check_against_reference(model, clip, steps=2)
+        assert torch.equal(with_capture, _sample(model, clip, steps=2)), name
         assert run.complete and run.steps(0) == [0, 1] and run.steps(1) == [0, 1], name
         results[name] = torch.stack([run.stacked(b) for b in (0, 1)]).double()
     monkeypatch.undo()
     base = results["attention_basic"]
     for name, maps in results.items():
-        # backends differ in the last bits of their outputs, which later layers see: 1e-4 of maps ~1/77
+        # across backends the maps differ only as much as the model's own numbers do (each backend's
+        # self-attention output differs in its last bits, which later layers see): 1e-4 of maps ~1/77
         assert torch.allclose(maps, base, atol=1e-4), (name, (maps - base).abs().max())
-        assert torch.equal(maps[:, 0], base[:, 0]) or torch.allclose(maps[:, 0], base[:, 0], atol=1e-5)
 
 
 def _graph(ckpt, prompt="a square coaster", negative="", steps=4, sampler="euler", width=64, height=64, batch=1,
