@@ -347,7 +347,8 @@ class AttentionMapCapture(io.ComfyNode):
                 "optionally the unconditional one. Same maps under every attention backend; the sampled image is "
                 "identical to sampling without it. Memory: 2 bytes x steps x tokens x grid pixels per image and "
                 "branch (SDXL 1024 px, 30 steps, 77 tokens: 19 MB), kept on the CPU until the next run. "
-                "SD1.x, SD2.x, SDXL and PixArt; SD3/Flux (joint attention) are refused."),
+                "SD1.x, SD2.x, SDXL and PixArt; SD3/Flux (joint attention) are refused. Use one sampler per "
+                "capture node: each sampling run replaces the previous record."),
             inputs=[
                 io.Model.Input("model", tooltip="The model to sample with. It is cloned, never modified."),
                 io.Boolean.Input("record_uncond", default=False,
