@@ -3,6 +3,9 @@ ComfyUI has a top-level module called ``nodes`` too."""
 
 from ._api import ComfyExtension, io
 from .eos_swap import EOSSwapConditioning
+from .attention_capture import AttentionMapCapture
+from .attention_compare import AttentionMapCompare
+from .attention_view import AttentionMapView
 from .frequency_split import FrequencySplitPreview
 from .frequency_trace import FrequencyCurves, FrequencyTrace
 from .truncated_cfg import TruncatedCFGGuider, TruncatedCFGSampler
@@ -16,6 +19,9 @@ NODE_LIST: list[type[io.ComfyNode]] = [
     TruncatedCFGGuider,
     EOSSwapConditioning,
     EOSSwapKVPatch,
+    AttentionMapCapture,
+    AttentionMapView,
+    AttentionMapCompare,
 ]
 
 

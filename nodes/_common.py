@@ -51,8 +51,8 @@ def sanitize_prefix(prefix: str, default: str) -> str:
     return "/".join(parts[-4:]) or default
 
 
-def save_text_files(prefix: str, default_prefix: str, contents: dict[str, str]) -> list[dict]:
-    """Write ``{extension: text}`` as ``<output>/<prefix>_NNNNN.<ext>``; returns their descriptors.
+def save_text_files(prefix: str, default_prefix: str, contents: dict[str, str | bytes]) -> list[dict]:
+    """Write ``{extension: text or bytes}`` as ``<output>/<prefix>_NNNNN.<ext>``; returns their descriptors.
 
     Files land only under ComfyUI's output directory (folder_paths refuses anything that
     escapes it); names are sanitised and numbered so nothing is overwritten.
@@ -70,6 +70,11 @@ def save_text_files(prefix: str, default_prefix: str, contents: dict[str, str]) 
     for ext, text in contents.items():
         filename = f"{name}_{counter:05}_.{ext}"
         path = os.path.join(folder, filename)
+        if isinstance(text, bytes):  # binary files (e.g. safetensors) are written as they are
+            with open(path, "xb") as fh:
+                fh.write(text)
+            saved.append({"filename": filename, "subfolder": subfolder, "type": "output"})
+            continue
         with open(path, "x", encoding="utf-8") as fh:
             fh.write(text)
         saved.append({"filename": filename, "subfolder": subfolder, "type": "output"})

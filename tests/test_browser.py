@@ -85,7 +85,7 @@ def test_pack_is_listed_and_its_extension_loads(live_server, page):
     shipped = sorted(p.stem for p in (REPO / "workflows").glob("*.json"))
     assert sorted(live_server.get_json("/workflow_templates")["comfyui-shapefirst"]) == shipped
     names = page.evaluate("app.extensions.map(e => e.name)")
-    assert "ShapeFirst.views" in names and "ShapeFirst.tokenTable" in names
+    assert {"ShapeFirst.views", "ShapeFirst.tokenTable", "ShapeFirst.attention"} <= set(names)
 
 
 def test_fig2_workflow_runs_in_the_browser_and_shows_preview_and_chart(live_server, page, output_dir):
@@ -208,4 +208,60 @@ def test_eos_swap_token_table_is_shown_as_text(live_server, page, output_dir):
     for v in view:
         assert v["roles"][0] == "[SOS]" and "[EOS]" in v["roles"] and "SEM" in v["roles"]
     page.screenshot(path=str(output_dir / "eos_swap_token_table.png"))
+
+
+ATTENTION_WORKFLOW = "fig1_attention_maps_over_steps"
+
+
+def test_fig1_attention_view_scrubs_tokens_and_steps_and_shows_text_as_text(live_server, page, output_dir):
+    shipped = json.loads((REPO / "workflows" / f"{ATTENTION_WORKFLOW}.json").read_text())
+    output = page.evaluate(
+        """async (name) => {
+          const r = await fetch(`/api/workflow_templates/comfyui-shapefirst/${name}.json`);
+          await app.loadGraphData(await r.json());
+          return (await app.graphToPrompt()).output;
+        }""", ATTENTION_WORKFLOW)
+    assert output == workflow_tools.ui_to_api(shipped, live_server.get_json("/object_info"))
+    # a prompt with markup: labels must arrive as text, never as elements
+    page.evaluate(
+        """(ckpt) => {
+          const set = (type, name, value) => {
+            for (const n of app.graph.nodes.filter(n => n.type === type)) {
+              const w = n.widgets.find(w => w.name === name); w.value = value; w.callback?.(value);
+            }
+          };
+          set('CheckpointLoaderSimple', 'ckpt_name', ckpt);
+          set('EmptyLatentImage', 'width', 64); set('EmptyLatentImage', 'height', 64);
+          set('KSampler', 'steps', 4);
+          set('PrimitiveStringMultiline', 'value', 'a <img src=x onerror=window.pwned=1> mug');
+          app.graph.setDirtyCanvas(true, true);
+        }""", live_server.ckpt_name)
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.wait_for_function(
+        "document.querySelector('[data-shapefirst=\"attention-view\"]')?.dataset.step", timeout=240_000)
+    history = _wait_for_history(live_server, 240)
+    assert all(h["status"]["status_str"] == "success" for h in history.values())
+    view = page.evaluate(
+        """() => {
+          const root = document.querySelector('[data-shapefirst="attention-view"]');
+          const select = root.querySelector('select'), slider = root.querySelector('input[type=range]');
+          const options = Array.from(select.options).map(o => o.textContent);
+          const before = root.dataset.step;
+          slider.value = '0'; slider.dispatchEvent(new Event('input'));
+          const first = root.dataset.step;
+          select.value = '2'; select.dispatchEvent(new Event('change'));
+          const canvas = root.querySelector('canvas');
+          const d = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+          let coloured = 0;
+          for (let i = 0; i < d.length; i += 4) if (Math.max(d[i], d[i + 1], d[i + 2]) > 40) coloured++;
+          return {options, before, first, token: root.dataset.token, coloured, steps: root.dataset.steps,
+                  imgs: root.querySelectorAll('img').length, pwned: window.pwned === 1};
+        }""")
+    # ddim_uniform may sample one sigma more than asked: the slider spans the steps actually recorded
+    assert int(view["steps"]) >= 4 and view["before"] == str(int(view["steps"]) - 1) and view["first"] == "0"
+    assert view["options"][0] == "0: [SOS] (SOS)" and view["token"] == "2"
+    assert any(o.split(": ", 1)[1].startswith("<") for o in view["options"])
+    assert view["imgs"] == 0 and not view["pwned"]
+    assert view["coloured"] > 1000  # the image with the heat overlay
+    page.screenshot(path=str(output_dir / "fig1_attention_maps_over_steps.png"))
     assert not page.console_errors, page.console_errors

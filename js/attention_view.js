@@ -1,0 +1,171 @@
+// ShapeFirst: attention maps inside the Attention Map View node (a token selector and a step
+// slider over the captured maps, drawn over the sampled image) and the curves of Attention Map
+// View and Attention Map Compare. Server and prompt text (token labels, file names) is only set
+// with textContent or drawn on a canvas, never parsed as HTML.
+import { app } from "../../scripts/app.js";
+import { drawPanels } from "./chart.js";
+
+const VIEW = "AttentionMapView";
+const COMPARE = "AttentionMapCompare";
+const ROLES = ["SOS", "SEM", "EOS", "PAD"];
+const RAMP = [[0, 0, 5], [66, 10, 105], [148, 38, 102], [222, 82, 59], [250, 153, 10], [252, 252, 163]];
+
+function viewUrl(f) {
+  const params = new URLSearchParams({
+    filename: String(f.filename), subfolder: String(f.subfolder || ""), type: String(f.type || "output"),
+  });
+  return `/api/view?${params.toString()}`;
+}
+
+function loadImage(f) {
+  return new Promise((resolve, reject) => {
+    const img = new Image();
+    img.onload = () => resolve(img);
+    img.onerror = reject;
+    img.src = viewUrl(f);
+  });
+}
+
+function ramp(v) {
+  const x = Math.min(1, Math.max(0, v)) * (RAMP.length - 1);
+  const i = Math.min(RAMP.length - 2, Math.floor(x));
+  const f = x - i;
+  return RAMP[i].map((a, k) => Math.round(a * (1 - f) + RAMP[i + 1][k] * f));
+}
+
+function el(tag, css, text) {
+  const e = document.createElement(tag);
+  if (css) e.style.cssText = css;
+  if (text !== undefined) e.textContent = String(text);
+  return e;
+}
+
+function fileLinks(container, files) {
+  container.replaceChildren();
+  for (const f of files || []) {
+    const a = el("a", "color:#8ab4f8;margin-right:8px", f.filename);
+    a.href = viewUrl(f);
+    a.target = "_blank";
+    a.rel = "noopener";
+    container.appendChild(a);
+  }
+}
+
+function ensureView(node, kind) {
+  if (node.shapefirstAttention) return node.shapefirstAttention;
+  const root = el("div", "display:flex;flex-direction:column;gap:4px;width:100%;height:100%;font:11px sans-serif;color:#ccc");
+  root.dataset.shapefirst = kind;
+  const controls = el("div", "display:flex;gap:6px;align-items:center;flex-wrap:wrap");
+  const select = el("select", "max-width:55%;background:#222;color:#ddd");
+  const slider = el("input", "flex:1 1 80px");
+  slider.type = "range";
+  slider.min = "0";
+  slider.step = "1";
+  const stepLabel = el("span", "min-width:90px");
+  controls.append(el("span", "", "token"), select, el("span", "", "step"), slider, stepLabel);
+  const mapCanvas = el("canvas", "width:100%;flex:0 0 auto;image-rendering:auto;background:#111");
+  mapCanvas.width = 320;
+  mapCanvas.height = 320;
+  const chartCanvas = el("canvas", "width:100%;flex:1 1 auto;min-height:0");
+  chartCanvas.width = 420;
+  chartCanvas.height = kind === "attention-view" ? 420 : 240;
+  const summary = el("div");
+  const files = el("div");
+  if (kind === "attention-view") root.append(controls, mapCanvas);
+  root.append(chartCanvas, summary, files);
+  const widget = node.addDOMWidget("shapefirst_attention", "shapefirst_attention", root, {
+    serialize: false, hideOnZoom: false, getValue() { return undefined; }, setValue() {},
+  });
+  widget.serialize = false;
+  const view = { root, select, slider, stepLabel, mapCanvas, chartCanvas, summary, files, data: null };
+  select.addEventListener("change", () => drawMap(view));
+  slider.addEventListener("input", () => drawMap(view));
+  node.shapefirstAttention = view;
+  const [w, h] = node.size;
+  node.setSize([Math.max(w, 440), Math.max(h, kind === "attention-view" ? 900 : 420)]);
+  return view;
+}
+
+// Draw the selected token's map at the selected step over the picture.
+export function drawMap(view) {
+  const d = view.data;
+  if (!d || !view.sprite || !view.picture) return;
+  const row = Number(view.select.value) || 0;
+  const col = Number(view.slider.value) || 0;
+  const [ch, cw] = d.cell;
+  const canvas = view.mapCanvas;
+  const pic = view.picture;
+  canvas.height = Math.round(canvas.width * pic.height / pic.width);
+  const ctx = canvas.getContext("2d");
+  ctx.globalAlpha = 1;
+  ctx.drawImage(pic, 0, 0, canvas.width, canvas.height);
+  const off = document.createElement("canvas");
+  off.width = cw;
+  off.height = ch;
+  const octx = off.getContext("2d");
+  octx.drawImage(view.sprite, col * cw, row * ch, cw, ch, 0, 0, cw, ch);
+  const px = octx.getImageData(0, 0, cw, ch);
+  for (let i = 0; i < px.data.length; i += 4) {
+    const [r, g, b] = ramp(px.data[i] / 255);
+    px.data[i] = r; px.data[i + 1] = g; px.data[i + 2] = b; px.data[i + 3] = 255;
+  }
+  octx.putImageData(px, 0, 0);
+  ctx.imageSmoothingEnabled = true;
+  ctx.globalAlpha = 0.6;
+  ctx.drawImage(off, 0, 0, canvas.width, canvas.height);
+  ctx.globalAlpha = 1;
+  const step = d.sprite_steps[col];
+  view.stepLabel.textContent = `step ${step} of ${d.total_steps}`;
+  view.root.dataset.token = String(d.sprite_rows[row]);
+  view.root.dataset.step = String(step);
+}
+
+export async function showAttentionView(node, d) {
+  const view = ensureView(node, "attention-view");
+  view.data = d;
+  view.select.replaceChildren();
+  d.sprite_rows.forEach((pos, k) => {
+    const t = d.tokens[pos] || {};
+    view.select.appendChild(Object.assign(el("option", "", `${pos}: ${t.label ?? "?"} (${t.role ?? "?"})`), { value: String(k) }));
+  });
+  view.slider.max = String(Math.max(0, d.sprite_steps.length - 1));
+  view.slider.value = view.slider.max;
+  const shares = d.class_shares || {};
+  const rel = (d.edge_f1?.relative || []).map((v) => (v === null ? NaN : Number(v)));
+  drawPanels(view.chartCanvas, [
+    { title: "Fig. 3: attention weight per token class", series: ROLES.filter((r) => shares[r]).map((r) => ({ label: r, values: shares[r].map(Number) })) },
+    { title: "Fig. 1b: edge F1 relative to the last step", series: [
+      { label: "F1 / F1(last)", values: rel }, { label: "F1", values: (d.edge_f1?.mean || []).map(Number), dashed: true }] },
+  ]);
+  view.summary.textContent = `${d.steps.length} of ${d.total_steps} steps recorded, ${d.tokens.length} tokens, grid ${d.grid.join("x")}, ${d.layers.length} cross-attention layers`;
+  view.root.dataset.steps = String(d.steps.length);
+  fileLinks(view.files, d.files);
+  [view.sprite, view.picture] = await Promise.all([loadImage(d.sprite), loadImage(d.picture)]);
+  drawMap(view);
+  node.setDirtyCanvas(true, true);
+}
+
+export function showAttentionCompare(node, d) {
+  const view = ensureView(node, "attention-compare");
+  drawPanels(view.chartCanvas, [{ title: "Fig. 16: KL divergence of attention maps", series: [
+    { label: "KL(A || B)", values: d.kl_a_b.map(Number) }, { label: "KL(B || A)", values: d.kl_b_a.map(Number), dashed: true }] }]);
+  view.summary.textContent = `${d.steps.length} common steps, ${d.branch} branch`;
+  view.root.dataset.steps = String(d.steps.length);
+  fileLinks(view.files, d.files);
+  node.setDirtyCanvas(true, true);
+}
+
+app.registerExtension({
+  name: "ShapeFirst.attention",
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData.name !== VIEW && nodeData.name !== COMPARE) return;
+    const onExecuted = nodeType.prototype.onExecuted;
+    nodeType.prototype.onExecuted = function (message) {
+      onExecuted?.apply(this, arguments);
+      const view = message?.shapefirst_attention?.[0];
+      const kl = message?.shapefirst_attention_kl?.[0];
+      if (view) showAttentionView(this, view).catch((e) => console.warn("ShapeFirst attention view:", e));
+      if (kl) showAttentionCompare(this, kl);
+    };
+  },
+});
