@@ -17,7 +17,8 @@ TAIL_TOOLTIP = (
     "prediction is computed. The paper's 'uncond' is the EMPTY prompt; with a non-empty negative prompt "
     "the tail steers away from nothing and towards the negative text, so keep the negative empty (or "
     "use ConditioningZeroOut) for the paper's behaviour. 'cond' = only the positive prediction (the text "
-    "keeps acting, without the w-scaled push).")
+    "keeps acting, without the w-scaled push). A ControlNet acts in the tail only if it is applied "
+    "to the branch kept there (ControlNetApplyAdvanced applies it to both).")
 
 
 def window_inputs() -> list:

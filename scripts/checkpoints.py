@@ -249,27 +249,69 @@ def checkpoint_name(kind: str, seed: int = 0) -> str:
 
 
 def ensure_checkpoint(kind: str, models_dir, seed: int = 0) -> Path:
-    """Path of the cached tiny ``kind`` checkpoint in ``models_dir``, built first if missing.
+    """Path of the cached tiny ``kind`` checkpoint in ``models_dir``, built first if missing."""
+    if kind not in SPECS:
+        raise ValueError(f"unknown kind {kind!r}; known: {sorted(SPECS)}")
+    return _ensure_file(Path(models_dir) / checkpoint_name(kind, seed), lambda tmp: build(kind, tmp, seed))
+
+
+def _ensure_file(path: Path, builder) -> Path:
+    """``path``, built by ``builder(tmp)`` first if missing.
 
     The file is written under a temporary name and renamed into place atomically, so concurrent
     callers never see a partial file."""
-    if kind not in SPECS:
-        raise ValueError(f"unknown kind {kind!r}; known: {sorted(SPECS)}")
-    models_dir = Path(models_dir)
-    path = models_dir / checkpoint_name(kind, seed)
     if path.exists():
         return path
-    models_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=models_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        build(kind, tmp, seed)
+        builder(tmp)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+# ---------------------------------------------------------------- ControlNet
+def controlnet_name(kind: str, seed: int = 0) -> str:
+    return f"shapefirst-tiny-{kind}-controlnet-s{seed}-v{BUILD_VERSION}.safetensors"
+
+
+def build_controlnet(kind: str, path, seed: int = 0) -> Path:
+    """A random-weight ControlNet (ComfyUI's ``comfy.cldm.cldm.ControlNet``, RGB hint) matching the
+    tiny ``kind`` UNet, in the layout ``ControlNetLoader`` detects (``zero_convs.*`` keys).
+
+    The zero convolutions get torch's default init, not zeros, so the control visibly changes
+    the result (a trained ControlNet's residuals are not zero either)."""
+    import safetensors.torch
+    import torch
+
+    import comfy.cldm.cldm
+    import comfy.ops
+    import comfy.supported_models
+
+    spec = SPECS[kind]
+    config = dict(getattr(comfy.supported_models, spec.config_class)(spec.unet).unet_config)
+    config.pop("out_channels")
+    net = comfy.cldm.cldm.ControlNet(**config, hint_channels=3, device="cpu",
+                                     operations=comfy.ops.disable_weight_init)
+    sd = {k: v.detach().to(torch.float16).contiguous()
+          for k, v in init_default(net, seed * 16 + 14).state_dict().items()}
+    _check_finite(sd, f"{kind} controlnet")
+    meta = {"shapefirst": json.dumps({"kind": f"{kind}-controlnet", "seed": seed, "build_version": BUILD_VERSION})}
+    safetensors.torch.save_file(sd, str(path), metadata=meta)
+    return Path(path)
+
+
+def ensure_controlnet(kind: str, models_dir, seed: int = 0) -> Path:
+    """Path of the cached random ControlNet for the tiny ``kind`` UNet in ``models_dir``."""
+    if kind not in SPECS:
+        raise ValueError(f"unknown kind {kind!r}; known: {sorted(SPECS)}")
+    return _ensure_file(Path(models_dir) / controlnet_name(kind, seed),
+                        lambda tmp: build_controlnet(kind, tmp, seed))
 
 
 def load_checkpoint(path, kind: str | None = None):

@@ -77,3 +77,15 @@ def sd2x_ckpt(comfy, checkpoints_dir) -> str:
 def sdxl_ckpt(comfy, checkpoints_dir) -> str:
     """File name of the tiny random-weight SDXL checkpoint (clip_l + clip_g; 1.9 GB, built once)."""
     return _ensure("sdxl", checkpoints_dir)
+
+
+@pytest.fixture(scope="session")
+def sd15_controlnet(comfy, runtime_paths) -> str:
+    """File name (for ControlNetLoader) of a random-weight ControlNet matching the tiny SD1.5 UNet."""
+    import checkpoints
+    import folder_paths
+
+    d = Path(runtime_paths["models"]) / "controlnet"
+    name = checkpoints.ensure_controlnet("sd15", d).name
+    folder_paths.add_model_folder_path("controlnet", str(d), is_default=True)
+    return name

@@ -86,6 +86,52 @@ def test_matches_a_step_by_step_reference_of_eq9(comfy, sd15_ckpt, tail):
     assert (full - got).abs().max() > 1e-3
 
 
+
+def _controlnet(g, loader, image, start=0.0, end=1.0, node="12"):
+    """ControlNetApplyAdvanced on nodes 2/3 (positive and negative), as core's default workflow does."""
+    g[node] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
+        "positive": ["2", 0], "negative": ["3", 0], "control_net": [loader, 0], "image": [image, 0],
+        "strength": 1.0, "start_percent": start, "end_percent": end}}
+    return (node, 0), (node, 1)
+
+
+def test_controlnet_on_the_conditioning_still_works(comfy, sd15_ckpt, sd15_controlnet):
+    import comfy.sample as comfy_sample
+    import comfy.samplers as comfy_samplers
+
+    steps, end, seed = 6, 0.5, 4
+    g = graphs.base(sd15_ckpt)
+    g["10"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": sd15_controlnet}}
+    g["11"] = {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0xC04020}}
+    pos, neg = _controlnet(g, "10", "11")
+    tail_pos, tail_neg = _controlnet(g, "10", "11", start=0.7, node="13")  # control only late: in the tail
+    g["20"] = graphs.ksampler(("1", 0), ("4", 0), steps=steps, seed=seed, positive=pos, negative=neg)
+    g["21"] = truncated(("1", 0), ("4", 0), steps=steps, seed=seed, positive=pos, negative=neg)
+    half = {**WINDOW_ALL, "guidance_end": end}
+    g["22"] = truncated(("1", 0), ("4", 0), window=half, steps=steps, seed=seed, positive=pos, negative=neg)
+    g["23"] = truncated(("1", 0), ("4", 0), window=half, steps=steps, seed=seed)  # no control
+    g["24"] = truncated(("1", 0), ("4", 0), window=half, steps=steps, seed=seed, positive=tail_pos,
+                        negative=tail_neg)
+    r = comfy.run(g, outputs=["1", "4", "12", "20", "21", "22", "23", "24"])
+    out = {k: r.output_value(k)["samples"] for k in ("20", "21", "22", "23", "24")}
+    # window = all steps: exactly core KSampler with the same ControlNet
+    assert torch.equal(out["20"], out["21"])
+    # truncated: exactly eq. 9 with the controlled conditioning (the reference runs core's calc_cond_batch,
+    # which applies the control to whichever branch is computed)
+    model, latent = r.output_value("1", 0), r.output_value("4")["samples"]
+    ref = _Eq9Reference(comfy_samplers, model, r.output_value("12", 0), r.output_value("12", 1), 7.5,
+                        k=int(steps * end), tail="uncond")
+    sigmas = comfy_samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", steps)
+    ref.schedule = sigmas.tolist()
+    want = ref.guider.sample(comfy_sample.prepare_noise(latent, seed), latent, comfy_samplers.sampler_object("euler"),
+                             sigmas, seed=seed)
+    assert torch.allclose(out["22"], want.to(out["22"].dtype), rtol=0, atol=1e-5 * want.abs().max().item())
+    # the control acts: with it on every step, and with it only on the late steps, where the conditional
+    # pass is skipped and only the (controlled) negative branch runs
+    assert (out["22"] - out["23"]).abs().max() > 1e-3
+    assert (out["24"] - out["23"]).abs().max() > 1e-3
+
+
 def _count_rows(model):
     """A clone of ``model`` whose UNet calls are counted (batch rows per call)."""
     import comfy.patcher_extension as pe
