@@ -10,7 +10,7 @@ import secrets
 import torch
 
 from ..shapefirst.attention import BRANCH_NAMES, COND, UNCOND, AttentionRun
-from ..shapefirst.attention_tokens import SEM, SOS, EOS, prompt_roles, token_labels
+from ..shapefirst.tokens import EOS, SEM, SOS, TokenizerInfo, flat_roles, prompt_roles, token_labels
 from ._common import ShapeFirstInputError
 from .attention_capture import AttentionRecorder
 
@@ -73,7 +73,9 @@ def prompt_tokens(node: str, clip, prompt: str) -> tuple[list[str], list[str]]:
     if inner is None:
         raise ShapeFirstInputError(node, "this CLIP's tokenizer is not supported for token labels.")
     start = inner.start_token if getattr(inner, "tokens_start", 1) else None
-    roles = prompt_roles(chunks, start, inner.end_token, getattr(inner, "pad_token", None))
+    pad = getattr(inner, "pad_token", None)
+    info = TokenizerInfo(start=start, end=inner.end_token, pad=inner.end_token if pad is None else int(pad))
+    roles = flat_roles(prompt_roles(chunks, info))
     return token_labels(chunks, inner.inv_vocab, roles), roles
 
 

@@ -19,7 +19,7 @@ import torch
 
 from ..shapefirst import chart, heatmaps, metrics
 from ..shapefirst.attention import BRANCH_NAMES, AttentionRun
-from ..shapefirst.attention_tokens import ROLES, SEM
+from ..shapefirst.tokens import ROLES, SEM
 from ._api import io
 from ._common import CATEGORY, LOGGER, ShapeFirstInputError, save_text_files, to_json
 from .attention_capture import AttentionCaptureType

@@ -41,6 +41,7 @@ class TruncationController:
         self._schedule: list[float] = []
         self._first = self._stop = 0
         self._curve_steps: set[int] = set()
+        self._pending: list = []  # (step, sigma, tensor of 3 stats) until the run ends: no sync per step
         self.on_finish = None  # optional callable(report_dict), e.g. to show it in the browser
 
     # -- run lifecycle --------------------------------------------------------------------
@@ -50,12 +51,14 @@ class TruncationController:
         s = self.settings
         self._first, self._stop = guidance.window_steps(n, s.start, 1.0 if s.mode == MODE_ADAPTIVE else s.end)
         self._curve_steps = set()
+        self._pending = []
         self.report = guidance.Accounting(steps=n)
 
     def finish(self) -> None:
         r = self.report
         if r is None:
             return
+        self._flush_curve()
         LOGGER.info(
             "TruncatedCFG: %d steps, %d model evaluations, %d guided, %d conditional passes skipped, "
             "%.1f%% of plain CFG's UNet work saved%s", r.steps, r.evaluations, r.guided, r.skipped_passes,
@@ -112,15 +115,29 @@ class TruncationController:
         return self._schedule
 
     def _measure(self, step: int, sigma: float, out, x_in) -> None:
+        import torch
+
         report = self.report
         u, g, ratio = guidance.guidance_strength(out[0], out[1], x_in, self.settings.cfg)
         if step not in self._curve_steps:  # one point per step: its first evaluation
             self._curve_steps.add(step)
-            report.curve.append({"step": step, "sigma": sigma, "rms_uncond": float(u.mean()),
-                                 "rms_guidance": float(g.mean()), "ratio": float(ratio.mean())})
+            # kept on the device and read once at the end: a read here would stall the GPU every step
+            self._pending.append((step, sigma, torch.stack([u.mean(), g.mean(), ratio.mean()]).detach()))
         if self.settings.mode == MODE_ADAPTIVE and report.stop_step is None:
             if float(ratio.max()) < self.settings.threshold:  # every sample of the batch is below
                 report.stop_step = step + 1
+
+
+    def _flush_curve(self) -> None:
+        if not self._pending:
+            return
+        import torch
+
+        values = torch.stack([t for _, _, t in self._pending]).to("cpu", torch.float64).tolist()
+        for (step, sigma, _), (u, g, ratio) in zip(self._pending, values):
+            self.report.curve.append({"step": step, "sigma": sigma, "rms_uncond": u, "rms_guidance": g,
+                                      "ratio": ratio})
+        self._pending = []
 
 
 def patch_model(model, settings: TruncationSettings):

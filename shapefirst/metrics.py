@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .attention_tokens import ROLES
+from .tokens import ROLES
 
 
 def class_shares(token_means: torch.Tensor, roles: list[str]) -> dict[str, list[float]]:

@@ -86,6 +86,11 @@ def effective_role(role: str, padding_is_eos: bool) -> str:
     return EOS if (role == PAD and padding_is_eos) else role
 
 
+def paper_class(role: str) -> str:
+    """The paper's three classes (Sec. 5.1): padding after the prompt counts as [EOS]."""
+    return effective_role(role, True)
+
+
 def role_positions(roles: list[str], padding_is_eos: bool = True) -> dict[str, list[int]]:
     """Positions of each class in one chunk (PAD folded into EOS when ``padding_is_eos``)."""
     out: dict[str, list[int]] = {r: [] for r in ROLES}
@@ -150,6 +155,14 @@ def token_text(token, inv_vocab: dict | None) -> str:
     if text is None:
         return f"#{int(token)}"
     return text.replace("</w>", "").replace("\u2581", " ").strip() or text
+
+
+def token_labels(chunks, inv_vocab: dict | None, roles: list[str]) -> list[str]:
+    """A label for every position of a tokenized prompt (chunks concatenated), ``roles`` flat:
+    [SOS], [EOS] and [PAD] by role, the token's text for the semantic positions."""
+    special = {SOS: "[SOS]", EOS: "[EOS]", PAD: "[PAD]"}
+    flat = [entry for chunk in chunks for entry in chunk]
+    return [special.get(role) or token_text(entry[0], inv_vocab) for entry, role in zip(flat, roles)]
 
 
 def format_table(rows: list[dict], title: str = "") -> str:

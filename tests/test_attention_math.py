@@ -1,4 +1,4 @@
-"""Tier 1: attention probabilities, aggregation, token roles, metrics and heatmaps on seeded CPU tensors."""
+"""Tier 1: attention probabilities, aggregation, metrics and heatmaps on seeded CPU tensors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from shapefirst import attention as A
 from shapefirst import heatmaps, metrics
-from shapefirst.attention_tokens import EOS, PAD, SEM, SOS, chunk_roles, paper_class, prompt_roles, token_labels
+from shapefirst.tokens import EOS, SEM, SOS
 
 
 def _gen(seed=0):
@@ -139,35 +139,6 @@ def test_planned_steps_always_include_the_last():
     assert A.planned_steps(10, 4) == [0, 4, 8, 9]
     assert A.planned_steps(9, 4) == [0, 4, 8]
     assert A.planned_steps(0, 3) == []
-
-
-# -- token roles ------------------------------------------------------------------------------
-
-def _chunk(ids, words):
-    return [(t, 1.0, w) for t, w in zip(ids, words)]
-
-
-def test_roles_of_an_sd15_chunk_padded_with_end():
-    chunk = _chunk([49406, 320, 1929, 49407, 49407, 49407], [0, 1, 2, 0, 0, 0])
-    assert chunk_roles(chunk, 49406, 49407, 49407) == [SOS, SEM, SEM, EOS, PAD, PAD]
-    assert [paper_class(r) for r in chunk_roles(chunk, 49406, 49407, 49407)] == [SOS, SEM, SEM, EOS, EOS, EOS]
-
-
-def test_roles_of_sd2_and_t5_chunks():
-    sd2 = _chunk([49406, 320, 49407, 0, 0], [0, 1, 0, 0, 0])
-    assert chunk_roles(sd2, 49406, 49407, 0) == [SOS, SEM, EOS, PAD, PAD]
-    t5 = _chunk([71, 1712, 1], [1, 2, 0])  # no start token, '</s>' = 1, no padding
-    assert chunk_roles(t5, None, 1, 0) == [SEM, SEM, EOS]
-    # a prompt that fills its chunk has no end token; a word equal to the pad id stays semantic
-    assert chunk_roles(_chunk([49406, 0, 5], [0, 1, 2]), 49406, 49407, 0) == [SOS, SEM, SEM]
-
-
-def test_multi_chunk_roles_and_labels():
-    chunks = [_chunk([49406, 320, 49407], [0, 1, 0]), _chunk([49406, 1929, 49407], [0, 2, 0])]
-    roles = prompt_roles(chunks, 49406, 49407, 49407)
-    assert roles == [SOS, SEM, EOS, SOS, SEM, EOS]
-    inv = {49406: "<|startoftext|>", 49407: "<|endoftext|>", 320: "a</w>", 1929: "square</w>"}
-    assert token_labels(chunks, inv, roles) == ["[SOS]", "a", "[EOS]", "[SOS]", "square", "[EOS]"]
 
 
 # -- metrics ----------------------------------------------------------------------------------

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from shapefirst import compose as cmp
-from shapefirst.tokens import (EOS, PAD, SEM, SOS, TokenizerInfo, TokenLayoutError, chunk_roles, format_table,
-                               prompt_roles, repeat_semantic, role_positions, token_text)
+from shapefirst.tokens import (EOS, PAD, SEM, SOS, TokenizerInfo, TokenLayoutError, chunk_roles, flat_roles,
+                               format_table, paper_class, prompt_roles, repeat_semantic, role_positions, token_labels,
+                               token_text)
 
 SD1 = TokenizerInfo(start=49406, end=49407, pad=49407, max_length=77)
 SD2 = TokenizerInfo(start=49406, end=49407, pad=0, max_length=77)
@@ -41,6 +42,23 @@ def test_t5_has_no_sos_and_embeddings_count_as_semantic():
     emb = torch.ones(4096)
     chunk = [(71, 1.0, 1), (emb, 1.0, 2), (1712, 1.0, 3), (1, 1.0, 0), (0, 1.0, 0)]
     assert chunk_roles(chunk, T5) == [SEM, SEM, SEM, EOS, PAD]
+
+
+
+def test_paper_classes_fold_padding_into_eos_and_a_full_chunk_has_no_eos():
+    chunk = clip_chunk([320, 1929], SD1, length=6)
+    assert [paper_class(r) for r in chunk_roles(chunk, SD1)] == [SOS, SEM, SEM, EOS, EOS, EOS]
+    # a prompt that fills its chunk has no end token; a word equal to the pad id stays semantic
+    assert chunk_roles([(49406, 1.0, 0), (0, 1.0, 1), (5, 1.0, 2)], SD2) == [SOS, SEM, SEM]
+
+
+def test_labels_of_a_multi_chunk_prompt():
+    chunks = [clip_chunk([320], SD1, length=4), clip_chunk([1929], SD1, length=3, first_word=2)]
+    roles = flat_roles(prompt_roles(chunks, SD1))
+    assert roles == [SOS, SEM, EOS, PAD, SOS, SEM, EOS]
+    inv = {49406: "<|startoftext|>", 49407: "<|endoftext|>", 320: "a</w>", 1929: "square</w>"}
+    assert token_labels(chunks, inv, roles) == ["[SOS]", "a", "[EOS]", "[PAD]", "[SOS]", "square", "[EOS]"]
+    assert token_labels([[("emb", 1.0, 1)]], inv, [SEM]) == ["<embedding>"]
 
 
 def test_word_ids_are_required():

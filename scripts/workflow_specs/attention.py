@@ -27,17 +27,40 @@ def _sampler(b: WorkflowBuilder, title, column, row, model, pos, neg, latent, se
                  scheduler="ddim_uniform", positive=pos, negative=neg, latent_image=latent, denoise=1.0)
 
 
-def fig1_attention_maps_over_steps(info: dict) -> dict:
-    b = WorkflowBuilder(info)
+def _prompt_captured(b: WorkflowBuilder, prompt: str):
+    """Checkpoint, one prompt (shared by the encoder and the view), a captured DDIM-50 run, decoded:
+    (checkpoint, prompt text, capture, image)."""
     ckpt = b.add("CheckpointLoaderSimple", "Load Checkpoint (SD1.5)", 0, 0, ckpt_name=DEFAULT_CKPT)
     text = b.add("PrimitiveStringMultiline", "Prompt (shared by the encoder and the view)", 0, 0.5, size=(320, 120),
-                 value=FIG1_PROMPT)
+                 value=prompt)
     neg = b.add("CLIPTextEncode", "Empty negative prompt", 1, 1, size=(320, 100), text="", clip=ckpt.out(1))
     latent = b.add("EmptyLatentImage", None, 1, 1.5, size=(320, 130), width=512, height=512, batch_size=1)
     pos, capture = _captured_sampling(b, ckpt, text, 1, 0, "Prompt")
     sampled = _sampler(b, "KSampler (DDIM, 50 steps, cfg 7.5)", 3, 0, capture.out(0), pos.out(0), neg.out(0),
                        latent.out(0))
     image = b.add("VAEDecode", None, 3, 1, size=(320, 100), samples=sampled.out(0), vae=ckpt.out(2))
+    return ckpt, text, capture, image
+
+
+def _compared_pair(b: WorkflowBuilder, ckpt, neg, latent, runs, title: str, prefix: str):
+    """Two captured runs (same seed) sampled, decoded and compared per step: (image A, image B).
+
+    ``runs``: two (name, capture, positive) tuples; ``name`` completes the sampler and decoder titles."""
+    samples = [_sampler(b, f"KSampler{name} (DDIM 50, seed 42)", 3, row, cap.out(0), pos.out(0), neg.out(0),
+                        latent.out(0)) for row, (name, cap, pos) in enumerate(runs)]
+    images = [b.add("VAEDecode", f"Decode{name}", 4, row, size=(320, 100), samples=s.out(0), vae=ckpt.out(2))
+              for row, ((name, _, _), s) in enumerate(zip(runs, samples))]
+    (_, cap_a, _), (_, cap_b, _) = runs
+    kl = b.add("AttentionMapCompare", title, 5, 0, size=(460, 440), capture_a=cap_a.out(1), images_a=images[0].out(0),
+               capture_b=cap_b.out(1), images_b=images[1].out(0), branch="cond", batch_index=0,
+               filename_prefix=prefix)
+    b.add("SaveImage", "Save KL curves", 6, 0, images=kl.out(0), filename_prefix=prefix)
+    return images
+
+
+def fig1_attention_maps_over_steps(info: dict) -> dict:
+    b = WorkflowBuilder(info)
+    ckpt, text, capture, image = _prompt_captured(b, FIG1_PROMPT)
     b.add("SaveImage", "Save image", 3, 1.5, images=image.out(0), filename_prefix="shapefirst/fig1")
     view = b.add("AttentionMapView", "Fig. 1: maps per token over steps, shape convergence", 4, 0, size=(460, 900),
                  capture=capture.out(1), images=image.out(0), clip=ckpt.out(1), prompt=text.out(0), tokens="auto",
@@ -55,15 +78,7 @@ def fig1_attention_maps_over_steps(info: dict) -> dict:
 
 def fig3_attention_token_classes(info: dict) -> dict:
     b = WorkflowBuilder(info)
-    ckpt = b.add("CheckpointLoaderSimple", "Load Checkpoint (SD1.5)", 0, 0, ckpt_name=DEFAULT_CKPT)
-    text = b.add("PrimitiveStringMultiline", "Prompt (shared by the encoder and the view)", 0, 0.5, size=(320, 120),
-                 value=FIG10_PROMPT)
-    neg = b.add("CLIPTextEncode", "Empty negative prompt", 1, 1, size=(320, 100), text="", clip=ckpt.out(1))
-    latent = b.add("EmptyLatentImage", None, 1, 1.5, size=(320, 130), width=512, height=512, batch_size=1)
-    pos, capture = _captured_sampling(b, ckpt, text, 1, 0, "Prompt")
-    sampled = _sampler(b, "KSampler (DDIM, 50 steps, cfg 7.5)", 3, 0, capture.out(0), pos.out(0), neg.out(0),
-                       latent.out(0))
-    image = b.add("VAEDecode", None, 3, 1, size=(320, 100), samples=sampled.out(0), vae=ckpt.out(2))
+    ckpt, text, capture, image = _prompt_captured(b, FIG10_PROMPT)
     view = b.add("AttentionMapView", "Fig. 3: attention weight per token class", 4, 0, size=(460, 900),
                  capture=capture.out(1), images=image.out(0), clip=ckpt.out(1), prompt=text.out(0), tokens="0, 1, 2",
                  steps="auto", filename_prefix="shapefirst/fig3_attention", **VIEW_DEFAULTS)
@@ -85,14 +100,8 @@ def fig16_attention_kl_two_conditionings(info: dict) -> dict:
     latent = b.add("EmptyLatentImage", None, 1, 2.5, size=(320, 130), width=512, height=512, batch_size=1)
     pos_a, cap_a = _captured_sampling(b, ckpt, text_a, 1, 0, "A")
     pos_b, cap_b = _captured_sampling(b, ckpt, text_b, 1, 1, "B")
-    s_a = _sampler(b, "KSampler A (DDIM 50, seed 42)", 3, 0, cap_a.out(0), pos_a.out(0), neg.out(0), latent.out(0))
-    s_b = _sampler(b, "KSampler B (DDIM 50, seed 42)", 3, 1, cap_b.out(0), pos_b.out(0), neg.out(0), latent.out(0))
-    img_a = b.add("VAEDecode", "Decode A", 4, 0, size=(320, 100), samples=s_a.out(0), vae=ckpt.out(2))
-    img_b = b.add("VAEDecode", "Decode B", 4, 1, size=(320, 100), samples=s_b.out(0), vae=ckpt.out(2))
-    kl = b.add("AttentionMapCompare", "Fig. 16: KL divergence of the maps per step", 5, 0, size=(460, 440),
-               capture_a=cap_a.out(1), images_a=img_a.out(0), capture_b=cap_b.out(1), images_b=img_b.out(0),
-               branch="cond", batch_index=0, filename_prefix="shapefirst/fig16_kl")
-    b.add("SaveImage", "Save KL curves", 6, 0, images=kl.out(0), filename_prefix="shapefirst/fig16_kl")
+    img_a, img_b = _compared_pair(b, ckpt, neg, latent, [(" A", cap_a, pos_a), (" B", cap_b, pos_b)],
+                                  "Fig. 16: KL divergence of the maps per step", "shapefirst/fig16_kl")
     b.add("SaveImage", "Save image A", 4, 1.5, images=img_a.out(0), filename_prefix="shapefirst/fig16_a")
     b.add("SaveImage", "Save image B", 5, 1.5, images=img_b.out(0), filename_prefix="shapefirst/fig16_b")
     b.note(
@@ -117,16 +126,8 @@ def fig16_attention_kl_key_swap(info: dict) -> dict:
                   record_uncond=False, **CAPTURE_DEFAULTS)
     cap_b = b.add("AttentionMapCapture", "Capture: Key swap", 2, 1, size=(320, 200), model=patch.out(0),
                   record_uncond=False, **CAPTURE_DEFAULTS)
-    s_a = _sampler(b, "KSampler: no swap (DDIM 50, seed 42)", 3, 0, cap_a.out(0), plain.out(0), neg.out(0),
-                   latent.out(0))
-    s_b = _sampler(b, "KSampler: Key swap (DDIM 50, seed 42)", 3, 1, cap_b.out(0), swapped.out(0), neg.out(0),
-                   latent.out(0))
-    img_a = b.add("VAEDecode", "Decode: no swap", 4, 0, size=(320, 100), samples=s_a.out(0), vae=ckpt.out(2))
-    img_b = b.add("VAEDecode", "Decode: Key swap", 4, 1, size=(320, 100), samples=s_b.out(0), vae=ckpt.out(2))
-    kl = b.add("AttentionMapCompare", "Fig. 16: KL of the maps per step, Key swap vs none", 5, 0, size=(460, 440),
-               capture_a=cap_a.out(1), images_a=img_a.out(0), capture_b=cap_b.out(1), images_b=img_b.out(0),
-               branch="cond", batch_index=0, filename_prefix="shapefirst/fig16_key_swap_kl")
-    b.add("SaveImage", "Save KL curves", 6, 0, images=kl.out(0), filename_prefix="shapefirst/fig16_key_swap_kl")
+    _compared_pair(b, ckpt, neg, latent, [(": no swap", cap_a, plain), (": Key swap", cap_b, swapped)],
+                   "Fig. 16: KL of the maps per step, Key swap vs none", "shapefirst/fig16_key_swap_kl")
     b.note(
         "ShapeFirst - Fig. 16 of Yi et al. (NeurIPS 2024): swapping the [EOS] of 'A blue bird' for that of 'A brown "
         "chair' in the cross-attention Keys only barely changes the attention maps: their KL divergence per step "
