@@ -5,7 +5,8 @@
     .runtime/venv/bin/python benchmarks/truncated_cfg.py --full --size 512 --gpu   # full SD1.5 arch
 
 For the paper's settings (DDIM 50 steps, a = 0..50 by 10; DPM-Solver++ 25 steps, a = 0..25 by 5,
-a = final steps without the text pass) it times, in interleaved rounds:
+a = final steps without the text pass) it times, in rounds of groups that each include their own
+core KSampler run (order rotating inside a group from round to round):
 - core KSampler (plain CFG), the reference;
 - TruncatedCFGSampler with guidance_end = (T - a) / T;
 - the best a user can do without this pack: two chained core KSamplerAdvanced nodes, CFG for the
@@ -13,7 +14,8 @@ a = final steps without the text pass) it times, in interleaved rounds:
   one pass: the same UNet work as eq. 9);
 - the ideal saving (a/T) x (1 - t_single / t_cfg) from runs that do every step with two passes
   (cfg 7.5) and with one pass (cfg 1.0).
-Sampling only (prompts are encoded once, outside the timings); medians over the rounds. The L1
+Sampling only (prompts are encoded once, outside the timings); each figure is the median over the
+rounds of a time divided by its group's core KSampler time. The L1
 column is the mean |image - image(a=0)| of the decoded images; with random weights it measures
 the mechanics only, not image quality.
 
@@ -49,6 +51,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--full", action="store_true", help="full SD1.5 architecture (random weights, 2 GB)")
     ap.add_argument("--gpu", action="store_true", help="run on the GPU (default: CPU)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (default 1: on a small shared machine, threads that wait for each other "
+                         "make single runs vary by tens of percent)")
     ap.add_argument("--only", choices=["ddim", "dpmpp_2m", "overhead"], help="one section only")
     ap.add_argument("--pairs", type=int, default=8, help="paired runs for the overhead section (0: skip it)")
     args = ap.parse_args()
@@ -70,6 +75,8 @@ def main() -> int:
     import nodes
 
     comfy.utils.set_progress_bar_enabled(False)
+    if not args.gpu:
+        torch.set_num_threads(args.threads)
 
     model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint(ckpt.name)[:3]
     pos = nodes.CLIPTextEncode().encode(clip, "A dog standing on a bench during the day.")[0]
@@ -98,60 +105,65 @@ def main() -> int:
                                empty, lat, k, steps, "disable")[0]
 
     device = "GPU" if args.gpu else "CPU"
+    sync = torch.cuda.synchronize if args.gpu else (lambda: None)
     print(f"# truncated guidance benchmark: {kind} ({'full' if args.full else 'reduced depth'} SD1.5 "
-          f"architecture, random weights), {args.size}x{args.size} px, {device}, {args.rounds} rounds, medians")
+          f"architecture, random weights), {args.size}x{args.size} px, {device}"
+          f"{'' if args.gpu else f' ({torch.get_num_threads()} torch threads)'}, {args.rounds} rounds, medians")
     for sampler, scheduler, steps, stride in SETTINGS:
         if args.only and args.only != sampler:
             continue
         a_values = list(range(0, steps + 1, stride))
-        jobs = {("core", 0): lambda s=sampler, c=scheduler, n=steps: core(s, c, n),
-                ("single", 0): lambda s=sampler, c=scheduler, n=steps: core(s, c, n, cfg=1.0)}
+        run_core = lambda s=sampler, c=scheduler, n=steps: core(s, c, n)  # noqa: E731
+        # Each measurement is a group that includes its own core KSampler run; the order inside a group
+        # rotates from round to round, so drift and position effects cancel instead of biasing a column.
+        groups = {"single": {"core": run_core, "single": lambda s=sampler, c=scheduler, n=steps: core(s, c, n, 1.0)}}
         for a in a_values:
-            jobs[("ours", a)] = lambda a=a, s=sampler, c=scheduler, n=steps: ours(s, c, n, a)
-            jobs[("chained", a)] = lambda a=a, s=sampler, c=scheduler, n=steps: chained(s, c, n, a)
-        for fn in list(jobs.values())[:2]:
-            fn()  # warm-up: model load, kernels
-        times = {k: [] for k in jobs}
+            groups[a] = {"core": run_core,
+                         "ours": lambda a=a, s=sampler, c=scheduler, n=steps: ours(s, c, n, a),
+                         "chained": lambda a=a, s=sampler, c=scheduler, n=steps: chained(s, c, n, a)}
+        run_core()  # warm-up: model load, kernels
+        times = {(g, name): [] for g, members in groups.items() for name in members}
         outputs = {}
-        for _ in range(args.rounds):
-            for key, fn in jobs.items():
-                if args.gpu:
-                    torch.cuda.synchronize()
-                t = time.perf_counter()
-                outputs[key] = fn()
-                if args.gpu:
-                    torch.cuda.synchronize()
-                times[key].append(time.perf_counter() - t)
-        med = {k: statistics.median(v) for k, v in times.items()}
-        images = {k: vae.decode(v["samples"]).float() for k, v in outputs.items() if k[0] in ("ours", "chained")}
-        base = images[("ours", 0)]
-        t_core, t_single = med[("core", 0)], med[("single", 0)]
-        pass_share = 1 - t_single / t_core
-        print(f"\n## {sampler} ({scheduler}), {steps} steps; core KSampler {t_core:.3f}s, one pass per step "
-              f"{t_single:.3f}s -> a single pass is {1 - pass_share:.1%} of a CFG step")
+        for r in range(args.rounds):
+            for gi, (g, members) in enumerate(groups.items()):
+                names = list(members)
+                shift = (r + gi) % len(names)
+                for name in names[shift:] + names[:shift]:
+                    sync()
+                    t = time.perf_counter()
+                    outputs[(g, name)] = members[name]()
+                    sync()
+                    times[(g, name)].append(time.perf_counter() - t)
+
+        def ratio(g, name, ref="core"):  # median over the rounds of a time over its own group's reference
+            return statistics.median(x / y for x, y in zip(times[(g, name)], times[(g, ref)]))
+
+        images = {k: vae.decode(v["samples"]).float() for k, v in outputs.items() if k[1] in ("ours", "chained")}
+        base = images[(0, "ours")]
+        t_core = statistics.median(t for (g, name), v in times.items() if name == "core" for t in v)
+        pass_share = 1 - ratio("single", "single")
+        print(f"\n## {sampler} ({scheduler}), {steps} steps; core KSampler {t_core:.3f}s (median of "
+              f"{sum(len(v) for (g, n), v in times.items() if n == 'core')} runs); a single pass is "
+              f"{1 - pass_share:.1%} of a CFG step")
         print("| a | saved (ours) | ideal | saved (chained KSamplerAdvanced) | paper | ours / chained time | "
               "L1 ours | L1 chained |")
         print("|---|---|---|---|---|---|---|---|")
         for a in a_values:
-            s_ours = 1 - med[("ours", a)] / t_core
-            s_chain = 1 - med[("chained", a)] / t_core
             ideal = a / steps * pass_share
-            l1o = (images[("ours", a)] - base).abs().mean().item()
-            l1c = (images[("chained", a)] - base).abs().mean().item()
+            l1o = (images[(a, "ours")] - base).abs().mean().item()
+            l1c = (images[(a, "chained")] - base).abs().mean().item()
             paper = PAPER.get((sampler, a))
-            print(f"| {a} | {s_ours:.1%} | {ideal:.1%} | {s_chain:.1%} | "
-                  f"{'' if paper is None else f'{paper:.2f}%'} | {med[('ours', a)] / med[('chained', a)]:.3f} | "
+            print(f"| {a} | {1 - ratio(a, 'ours'):.1%} | {ideal:.1%} | {1 - ratio(a, 'chained'):.1%} | "
+                  f"{'' if paper is None else f'{paper:.2f}%'} | {ratio(a, 'ours', 'chained'):.3f} | "
                   f"{l1o:.4f} | {l1c:.4f} |")
         default_a = int(round(steps * 0.6))
-        overhead_round = med[('ours', 0)] / t_core - 1
-        s_def = 1 - med[("ours", default_a)] / t_core
-        print(f"targets: overhead at a = 0 (window = all steps) {overhead_round:+.2%} in this table's rounds (<= 1%; "
-              f"see the overhead section); "
+        s_def = 1 - ratio(default_a, "ours")
+        print(f"targets: overhead at a = 0 (window = all steps) {ratio(0, 'ours') - 1:+.2%} here (<= 1%; the chained "
+              f"a = 0 column is core KSampler itself, i.e. the noise; see the overhead section); "
               f"saved at the default window (a = {default_a}) = {s_def / (default_a / steps * pass_share):.1%} "
               f"of ideal (>= 95%); slowest ours/chained ratio "
-              f"{max(med[('ours', a)] / med[('chained', a)] for a in a_values):.3f} (<= 1 + noise)")
+              f"{max(ratio(a, 'ours', 'chained') for a in a_values):.3f} (<= 1 + noise)")
     if args.pairs > 0 and args.only in (None, "overhead"):
-        sync = torch.cuda.synchronize if args.gpu else (lambda: None)
         patch = importlib.import_module(truncated.__module__.rsplit(".", 1)[0] + ".truncated_cfg_patch")
         overhead(lambda: core("ddim", "ddim_uniform", 50), lambda: ours("ddim", "ddim_uniform", 50, 0),
                  args.pairs, sync, patch.TruncationController)
