@@ -78,6 +78,25 @@ def _wait_for_history(srv, timeout: float = 120.0) -> dict:
     raise AssertionError(f"no finished prompt in /history after {timeout}s:\n{srv.log_tail()}")
 
 
+
+def _small_run(ckpt: str, steps: int) -> list[tuple]:
+    """What a person sets on a CPU: their checkpoint, a small size and few steps."""
+    return [("CheckpointLoaderSimple", "ckpt_name", ckpt), ("EmptyLatentImage", "width", 64),
+            ("EmptyLatentImage", "height", 64), ("KSampler", "steps", steps)]
+
+
+def _set_widgets(page, settings: list[tuple]) -> None:
+    """Set widget ``name`` of every node of ``type`` to ``value``, as a person editing the graph would."""
+    page.evaluate(
+        """(settings) => {
+          for (const [type, name, value] of settings) {
+            for (const n of app.graph.nodes.filter(n => n.type === type)) {
+              const w = n.widgets.find(w => w.name === name); w.value = value; w.callback?.(value);
+            }
+          }
+          app.graph.setDirtyCanvas(true, true);
+        }""", [list(x) for x in settings])
+
 def test_pack_is_listed_and_its_extension_loads(live_server, page):
     info = live_server.get_json("/object_info")
     for name in ("FrequencySplitPreview", "FrequencyTrace", "FrequencyCurves"):
@@ -104,18 +123,7 @@ def test_fig2_workflow_runs_in_the_browser_and_shows_preview_and_chart(live_serv
     assert result["output"] == expected
 
     # a person picks their checkpoint and, on a CPU, a small size and few steps
-    page.evaluate(
-        """(ckpt) => {
-          const set = (type, name, value) => {
-            for (const n of app.graph.nodes.filter(n => n.type === type)) {
-              const w = n.widgets.find(w => w.name === name); w.value = value; w.callback?.(value);
-            }
-          };
-          set('CheckpointLoaderSimple', 'ckpt_name', ckpt);
-          set('EmptyLatentImage', 'width', 64); set('EmptyLatentImage', 'height', 64);
-          set('KSampler', 'steps', 6);
-          app.graph.setDirtyCanvas(true, true);
-        }""", live_server.ckpt_name)
+    _set_widgets(page, _small_run(live_server.ckpt_name, steps=6))
     page.get_by_role("button", name="Run", exact=True).click()
 
     # Frequency Curves: the chart drawn by js/ inside the node
@@ -223,19 +231,8 @@ def test_fig1_attention_view_scrubs_tokens_and_steps_and_shows_text_as_text(live
         }""", ATTENTION_WORKFLOW)
     assert output == workflow_tools.ui_to_api(shipped, live_server.get_json("/object_info"))
     # a prompt with markup: labels must arrive as text, never as elements
-    page.evaluate(
-        """(ckpt) => {
-          const set = (type, name, value) => {
-            for (const n of app.graph.nodes.filter(n => n.type === type)) {
-              const w = n.widgets.find(w => w.name === name); w.value = value; w.callback?.(value);
-            }
-          };
-          set('CheckpointLoaderSimple', 'ckpt_name', ckpt);
-          set('EmptyLatentImage', 'width', 64); set('EmptyLatentImage', 'height', 64);
-          set('KSampler', 'steps', 4);
-          set('PrimitiveStringMultiline', 'value', 'a <img src=x onerror=window.pwned=1> mug');
-          app.graph.setDirtyCanvas(true, true);
-        }""", live_server.ckpt_name)
+    _set_widgets(page, _small_run(live_server.ckpt_name, steps=4) +
+                 [("PrimitiveStringMultiline", "value", "a <img src=x onerror=window.pwned=1> mug")])
     page.get_by_role("button", name="Run", exact=True).click()
     page.wait_for_function(
         "document.querySelector('[data-shapefirst=\"attention-view\"]')?.dataset.step", timeout=240_000)
