@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from ..shapefirst import guidance
 from ._common import KEY_PREFIX, LOGGER
 
@@ -42,6 +44,7 @@ class TruncationController:
         self._first = self._stop = 0
         self._curve_steps: set[int] = set()
         self._pending: list = []  # (step, sigma, tensor of 3 stats) until the run ends: no sync per step
+        self._sampled_src, self._sampled = None, []  # the sampler's sigmas (on the device) and their values
         self.on_finish = None  # optional callable(report_dict), e.g. to show it in the browser
 
     # -- run lifecycle --------------------------------------------------------------------
@@ -52,6 +55,7 @@ class TruncationController:
         self._first, self._stop = guidance.window_steps(n, s.start, 1.0 if s.mode == MODE_ADAPTIVE else s.end)
         self._curve_steps = set()
         self._pending = []
+        self._sampled_src, self._sampled = None, []
         self.report = guidance.Accounting(steps=n)
 
     def finish(self) -> None:
@@ -110,13 +114,14 @@ class TruncationController:
     # -- helpers ---------------------------------------------------------------------------
     def _schedule_from(self, model_options) -> list[float]:
         sigmas = model_options.get("transformer_options", {}).get("sample_sigmas")
-        if sigmas is not None and len(sigmas) >= 2:
-            return [float(s) for s in sigmas]
-        return self._schedule
+        if sigmas is None or len(sigmas) < 2:
+            return self._schedule
+        if sigmas is not self._sampled_src:  # read once per sampling call: on a GPU each read is a sync
+            self._sampled_src, self._sampled = sigmas, sigmas.tolist() if hasattr(sigmas, "tolist") else \
+                [float(s) for s in sigmas]
+        return self._sampled
 
     def _measure(self, step: int, sigma: float, out, x_in) -> None:
-        import torch
-
         report = self.report
         u, g, ratio = guidance.guidance_strength(out[0], out[1], x_in, self.settings.cfg)
         if step not in self._curve_steps:  # one point per step: its first evaluation
@@ -127,12 +132,10 @@ class TruncationController:
             if float(ratio.max()) < self.settings.threshold:  # every sample of the batch is below
                 report.stop_step = step + 1
 
-
     def _flush_curve(self) -> None:
+        """Read the curve's values off the device, once per run, into the report."""
         if not self._pending:
             return
-        import torch
-
         values = torch.stack([t for _, _, t in self._pending]).to("cpu", torch.float64).tolist()
         for (step, sigma, _), (u, g, ratio) in zip(self._pending, values):
             self.report.curve.append({"step": step, "sigma": sigma, "rms_uncond": u, "rms_guidance": g,
