@@ -20,7 +20,6 @@ Times: CUDA wall time; on a CPU the CPU time of this process, by default with on
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import sys
 import tempfile
@@ -28,48 +27,26 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
+import _bootstrap  # noqa: F401
+
+from devtools import boot
 
 
-def boot(device: str, work: Path):
+def start(device: str, work: Path):
     """ComfyUI in this process with the pack loaded (CPU forced unless --device cuda)."""
-    import harness
-
-    paths = harness.default_paths()
-    sys.path.insert(0, str(paths["comfyui"]))
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = device == "cpu"
-    import utils.extra_config  # noqa: F401
-    import folder_paths
-
-    for name in ("output", "temp", "input"):
-        (work / name).mkdir(parents=True, exist_ok=True)
-    folder_paths.set_output_directory(str(work / "output"))
-    folder_paths.set_temp_directory(str(work / "temp"))
-    folder_paths.set_input_directory(str(work / "input"))
-    import nodes
-
-    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
-    if not asyncio.run(nodes.load_custom_node(str(paths["pack"]), module_parent="custom_nodes")):
-        raise SystemExit("could not load the pack")
-    return nodes
+    return boot.boot(work, cpu=device == "cpu")
 
 
 def build_unet(arch: str, device):
     import torch
 
-    import checkpoints
     import comfy.model_management as mm
     import comfy.model_patcher as mp
     import comfy.supported_models as sm
+    from devtools import checkpoints
 
-    if arch == "tiny":
-        unet = checkpoints.SPECS["sd15"].unet
-    else:  # the real SD1.5 layout: 4 levels, 2 res blocks, transformers on the first three
-        unet = checkpoints._unet(768, linear=False, channel_mult=(1, 2, 4, 4), res_blocks=2,
-                                 depth=(1, 1, 1, 1, 1, 1, 0, 0), depth_out=(1,) * 9 + (0,) * 3)
+    # tiny: the test checkpoint's reduced depth; full: the real SD1.5 layout
+    unet = checkpoints.SPECS["sd15" if arch == "tiny" else "sd15_full"].unet
     config = sm.SD15(dict(unet))
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     config.set_inference_dtype(dtype, None)
@@ -132,7 +109,7 @@ def main() -> int:
                          "make both wall and CPU time swing several-fold)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        nodes = boot(args.device, Path(tmp))
+        nodes = start(args.device, Path(tmp))
         import torch
 
         import comfy.sample

@@ -36,8 +36,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
+import _bootstrap  # noqa: F401
+
+from devtools import boot, checkpoints
+from devtools.harness import ComfyHarness
 
 PAPER = {("ddim", 0): 0.0, ("ddim", 10): 7.84, ("ddim", 20): 18.10, ("ddim", 30): 27.18, ("ddim", 40): 35.24,
          ("ddim", 50): 48.47, ("dpmpp_2m", 5): 8.36, ("dpmpp_2m", 10): 17.95, ("dpmpp_2m", 15): 26.11,
@@ -58,17 +60,12 @@ def main() -> int:
     ap.add_argument("--pairs", type=int, default=8, help="paired runs for the overhead section (0: skip it)")
     args = ap.parse_args()
 
-    import harness
-
-    harness.quiet_logs()
-    paths = harness.default_paths()
-    import checkpoints
-
+    boot.quiet_logs()
     kind = "sd15_full" if args.full else "sd15"
     work = Path(tempfile.mkdtemp(prefix="shapefirst-bench-"))
-    h = harness.ComfyHarness(paths["comfyui"], paths["pack"], work, Path(paths["models"]) / "checkpoints",
-                             cpu=not args.gpu).boot()
-    ckpt = checkpoints.ensure_checkpoint(kind, Path(paths["models"]) / "checkpoints")
+    checkpoints_dir = Path(boot.runtime().models) / "checkpoints"
+    ComfyHarness(work, checkpoints_dir, cpu=not args.gpu).boot()
+    ckpt = checkpoints.ensure_checkpoint(kind, checkpoints_dir)
     import torch
 
     import comfy.utils

@@ -1,32 +1,34 @@
 """Shared fixtures. Tier 1 (pure math) needs nothing; tiers 2 and 3 boot a real ComfyUI.
 
+The ComfyUI is the runtime of devtools/runtime.py: the default 0.3.75 one, $COMFYUI_PATH, or the
+one built for the ComfyUI source in $SHAPEFIRST_COMFYUI_SRC (``bash scripts/test.sh --comfyui-src DIR``).
 Test checkpoints are seeded random-weight models of the real SD architectures, built once
 and cached under the runtime's models folder (.runtime/models/checkpoints).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-# `shapefirst` (pure math) and the scripts' helpers. Appended, never prepended: ComfyUI's own
-# top-level `nodes` module must win over this repository's `nodes/` package.
-for p in (REPO, REPO / "scripts"):
-    if str(p) not in sys.path:
-        sys.path.append(str(p))
+# The one place the tests make the repository importable (`devtools`, `shapefirst`). Appended,
+# never prepended: ComfyUI's own top-level `nodes` module must win over this repository's `nodes/`.
+REPO = str(Path(__file__).resolve().parent.parent)
+if REPO not in sys.path:
+    sys.path.append(REPO)
 
-TEST_OUTPUT = Path(os.environ.get("SHAPEFIRST_TEST_OUTPUT", REPO / "test-output"))
+from devtools import paths  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def runtime_paths():
-    import harness
+def runtime_paths() -> dict:
+    """The runtime's folders: comfyui, python, pack (this repository as ComfyUI sees it), models."""
+    from devtools import boot
 
-    return harness.default_paths()
+    rt = boot.runtime()
+    return {"comfyui": rt.comfyui, "python": rt.python, "pack": rt.pack, "models": rt.models}
 
 
 @pytest.fixture(scope="session")
@@ -39,15 +41,15 @@ def checkpoints_dir(runtime_paths) -> Path:
 @pytest.fixture(scope="session")
 def comfy(runtime_paths, checkpoints_dir, tmp_path_factory):
     """A real ComfyUI, booted in this process, with the pack loaded through ComfyUI's loader."""
-    import harness
+    from devtools import boot
+    from devtools.harness import ComfyHarness
 
-    harness.quiet_logs()
-    work = tmp_path_factory.mktemp("comfy")
-    return harness.ComfyHarness(runtime_paths["comfyui"], runtime_paths["pack"], work, checkpoints_dir).boot()
+    boot.quiet_logs()
+    return ComfyHarness(tmp_path_factory.mktemp("comfy"), checkpoints_dir).boot()
 
 
 def _ensure(kind: str, checkpoints_dir: Path) -> str:
-    import checkpoints
+    from devtools import checkpoints
 
     return checkpoints.ensure_checkpoint(kind, checkpoints_dir).name
 
@@ -62,7 +64,7 @@ def sd15_ckpt(comfy, checkpoints_dir) -> str:
 def output_dir(request) -> Path:
     """A per-test folder for artefacts a person may want to look at (screenshots, charts)."""
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in request.node.name)[:120]
-    d = TEST_OUTPUT / safe
+    d = paths.TEST_OUTPUT / safe
     d.mkdir(parents=True, exist_ok=True)
     return d
 
@@ -82,7 +84,7 @@ def sdxl_ckpt(comfy, checkpoints_dir) -> str:
 @pytest.fixture(scope="session")
 def sd15_controlnet(comfy, runtime_paths) -> str:
     """File name (for ControlNetLoader) of a random-weight ControlNet matching the tiny SD1.5 UNet."""
-    import checkpoints
+    from devtools import checkpoints
     import folder_paths
 
     d = Path(runtime_paths["models"]) / "controlnet"

@@ -252,7 +252,7 @@ def test_an_interrupted_run_leaves_no_state_and_the_next_run_works(sd15_parts):
 
 
 def test_a_run_over_the_memory_limit_stops_at_its_first_step_with_the_fix(comfy, sd15_ckpt):
-    from harness import GraphError
+    from devtools.harness import GraphError
 
     # 256 px: 32x32 grid x 77 tokens x 2 bytes x 2 branches = 315 KB per step; 10 steps > 1 MB
     g = _graph(sd15_ckpt, steps=10, width=256, height=256, memory_limit_mb=1.0)

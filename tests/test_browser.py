@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-import comfy_server
-import workflow_tools
+from devtools import server as comfy_server
+from devtools.paths import WORKFLOWS
+from devtools.workflows import convert as workflow_tools
 
 pytestmark = pytest.mark.browser
 
-REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("SHAPEFIRST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -40,9 +40,7 @@ def browser_path():
 def live_server(runtime_paths, checkpoints_dir, sd15_ckpt, tmp_path_factory, browser_path):
     ckpt = checkpoints_dir / sd15_ckpt  # built (once) by the in-process fixtures, which set up ComfyUI
     base = comfy_server.prepare_base(tmp_path_factory.mktemp("server"), [ckpt])
-    srv = comfy_server.ComfyServer(Path(runtime_paths["comfyui"]).parent / "venv" / "bin" / "python"
-                                   if not os.environ.get("COMFYUI_PATH") else Path(os.environ.get("COMFYUI_PYTHON", "python3")),
-                                   runtime_paths["comfyui"], base)
+    srv = comfy_server.ComfyServer(runtime_paths["python"], runtime_paths["comfyui"], base)
     srv.start()
     srv.post_json("/settings", {"Comfy.TutorialCompleted": True})
     srv.ckpt_name = ckpt.name
@@ -101,14 +99,14 @@ def test_pack_is_listed_and_its_extension_loads(live_server, page):
     info = live_server.get_json("/object_info")
     for name in ("FrequencySplitPreview", "FrequencyTrace", "FrequencyCurves"):
         assert name in info and info[name]["python_module"].endswith("comfyui-shapefirst")
-    shipped = sorted(p.stem for p in (REPO / "workflows").glob("*.json"))
+    shipped = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
     assert sorted(live_server.get_json("/workflow_templates")["comfyui-shapefirst"]) == shipped
     names = page.evaluate("app.extensions.map(e => e.name)")
     assert {"ShapeFirst.views", "ShapeFirst.tokenTable", "ShapeFirst.attention"} <= set(names)
 
 
 def test_fig2_workflow_runs_in_the_browser_and_shows_preview_and_chart(live_server, page, output_dir):
-    shipped = json.loads((REPO / "workflows" / f"{WORKFLOW}.json").read_text())
+    shipped = json.loads((WORKFLOWS / f"{WORKFLOW}.json").read_text())
     result = page.evaluate(
         """async (name) => {
           const r = await fetch(`/api/workflow_templates/comfyui-shapefirst/${name}.json`);
@@ -222,7 +220,7 @@ ATTENTION_WORKFLOW = "fig1_attention_maps_over_steps"
 
 
 def test_fig1_attention_view_scrubs_tokens_and_steps_and_shows_text_as_text(live_server, page, output_dir):
-    shipped = json.loads((REPO / "workflows" / f"{ATTENTION_WORKFLOW}.json").read_text())
+    shipped = json.loads((WORKFLOWS / f"{ATTENTION_WORKFLOW}.json").read_text())
     output = page.evaluate(
         """async (name) => {
           const r = await fetch(`/api/workflow_templates/comfyui-shapefirst/${name}.json`);

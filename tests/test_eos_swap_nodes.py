@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from eos_reference import BIRD, CHAIR, END, LONG, OPTS, SKYLINE, reference_swap
-from harness import GraphError
+from devtools.harness import GraphError
 
 pytestmark = pytest.mark.comfy
 

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.comfy
 
 @pytest.fixture(scope="module")
 def t5_clip(comfy):
-    import checkpoints
+    from devtools import checkpoints
     import comfy.sd as sd
     import comfy.text_encoders.pixart_t5 as pixart
 

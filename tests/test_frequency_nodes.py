@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import graphs
-from harness import GraphError
+from devtools.harness import GraphError
 from shapefirst import frequency
 
 pytestmark = pytest.mark.comfy

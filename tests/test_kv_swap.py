@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import GraphError
+from devtools.harness import GraphError
 from eos_reference import BIRD, CHAIR, END, OPTS, SKYLINE, reference_swap
 
 pytestmark = pytest.mark.comfy

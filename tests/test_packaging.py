@@ -79,19 +79,19 @@ def test_pack_loads_without_warnings(runtime_paths, tmp_path):
     import sys
 
     script = f"""
-import asyncio, logging, sys
-sys.path.insert(0, {str(runtime_paths['comfyui'])!r})
-import comfy.cli_args; comfy.cli_args.args.cpu = True
-import utils.extra_config, folder_paths
-folder_paths.set_output_directory({str(tmp_path)!r}); folder_paths.set_temp_directory({str(tmp_path)!r})
-folder_paths.set_input_directory({str(tmp_path)!r})
-import nodes
+import logging, sys
+sys.path.append({str(REPO)!r})
+from devtools import boot
+nodes = boot.boot(__import__("pathlib").Path({str(tmp_path)!r}), pack=False)
 records = []
 class H(logging.Handler):
     def emit(self, r): records.append(r)
 logging.getLogger().addHandler(H(level=logging.WARNING))
-ok = asyncio.run(nodes.load_custom_node({str(runtime_paths['pack'])!r}, module_parent="custom_nodes"))
-print("OK" if ok else "FAILED")
+try:
+    boot.load_pack()
+    print("OK")
+except boot.BootError:
+    print("FAILED")
 for r in records: print("LOG", r.levelname, r.getMessage())
 print("NODES", sorted(k for k in nodes.NODE_CLASS_MAPPINGS if k in {list(OUR_NODES)!r}))
 """

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import graphs
-from harness import GraphError
+from devtools.harness import GraphError
 
 pytestmark = pytest.mark.comfy
 

@@ -3,27 +3,52 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from itertools import combinations
 
 import pytest
 
-import make_workflows
-import workflow_tools
-from workflow_tools import WorkflowError, ui_to_api
+from devtools import paths
+from devtools.server import ComfyServer, prepare_base
+from devtools.workflows import convert as workflow_tools
+from devtools.workflows import generate
+from devtools.workflows.convert import WorkflowError, ui_to_api
 
-REPO = Path(__file__).resolve().parent.parent
-SHIPPED = sorted((REPO / "workflows").glob("*.json"))
+SHIPPED = sorted(paths.WORKFLOWS.glob("*.json"))
+# Folders ComfyUI 0.3.75 lists a pack's workflows from; it lists every one it finds, so exactly one may exist.
+TEMPLATE_FOLDERS = ("example_workflows", "example", "examples", "workflow", "workflows")
 
 
 def test_every_workflow_has_a_builder_and_every_builder_a_file():
-    assert [p.name for p in SHIPPED] == sorted(make_workflows.WORKFLOW_BUILDERS)
+    assert [p.name for p in SHIPPED] == sorted(generate.WORKFLOW_BUILDERS)
+    assert [d for d in TEMPLATE_FOLDERS if (paths.REPO / d).exists()] == [paths.WORKFLOWS.name]
 
 
 @pytest.mark.comfy
 def test_shipped_files_are_what_the_generator_writes(comfy):
-    built = make_workflows.build_all(comfy.object_info())
+    built = generate.build_all(comfy.object_info())
     for path in SHIPPED:
         assert path.read_text() == built[path.name], f"{path.name} is stale: run scripts/make_workflows.py"
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_shipped_nodes_do_not_reach_into_the_next_column(path):
+    """A node's box (title bar included) never covers a node of another column, whatever its width."""
+    title_bar = 30
+    boxes = [(n["id"], n["pos"][0], n["pos"][1] - title_bar, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+             for n in json.loads(path.read_text())["nodes"]]
+    for (a, ax0, ay0, ax1, ay1), (b, bx0, by0, bx1, by1) in combinations(boxes, 2):
+        if ax0 != bx0:
+            assert ax1 <= bx0 or bx1 <= ax0 or ay1 <= by0 or by1 <= ay0, f"nodes {a} and {b} overlap"
+
+
+@pytest.mark.comfy
+def test_real_server_lists_every_shipped_workflow_once(runtime_paths, comfy, tmp_path):
+    """GET /workflow_templates of a real ComfyUI server (main.py) lists each shipped file once."""
+    with ComfyServer(runtime_paths["python"], runtime_paths["comfyui"], prepare_base(tmp_path, [])) as srv:
+        listed = srv.get_json("/workflow_templates").get(paths.PACK_DIR_NAME)
+        served = srv.get_json(f"/api/workflow_templates/{paths.PACK_DIR_NAME}/{SHIPPED[0].name}")
+    assert sorted(listed or []) == [p.stem for p in SHIPPED]
+    assert served == json.loads(SHIPPED[0].read_text())
 
 
 @pytest.mark.comfy

@@ -1,21 +1,17 @@
-"""Run ComfyUI in-process with the ShapeFirst pack loaded, and execute graphs through its
-own validator and executor. Used by the test suite, the demo and the benchmarks.
-
-Must run under the runtime's python (see scripts/runtime.py). Boot once per process:
-ComfyUI keeps its node registry and model cache in module globals.
+"""Execute graphs in an in-process ComfyUI (booted by devtools.comfy) through its own validator
+and executor. Used by the test suite, the demo, the workflow generator and the benchmarks.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import os
-import sys
+import inspect
+import re
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-LOG = logging.getLogger("shapefirst.harness")
+from . import boot
 
 
 class GraphError(RuntimeError):
@@ -44,14 +40,14 @@ class _Server:
 
 @dataclass
 class RunResult:
-    prompt_id: str
     ui: dict  # node id -> the node's "ui" output (what the browser receives in "executed")
-    messages: list = field(default_factory=list)
-    executor: object = None
+    executor: object  # the PromptExecutor that ran it (its cache holds every node's outputs)
 
     def output(self, node_id: str):
         """The raw output tuple of a node (tensors, dicts...) from the executor's cache."""
         entry = self.executor.caches.outputs.get(str(node_id))
+        if inspect.isawaitable(entry):  # newer ComfyUI: the cache's get is a coroutine
+            entry = asyncio.run(entry)
         if entry is None:
             raise KeyError(f"node {node_id} has no cached output")
         return getattr(entry, "outputs", entry)
@@ -61,53 +57,50 @@ class RunResult:
         return values[0] if isinstance(values, list) and len(values) == 1 else values
 
 
+def executor_kwargs(execution, main_py: Path | None = None) -> dict:
+    """PromptExecutor's cache arguments as the host's own main.py builds them for the classic cache.
+
+    ComfyUI 0.3.64 takes ``cache_size``; 0.3.75 ``cache_args`` with "lru" and "ram"; later versions
+    also read ``cache_args["ram_inactive"]`` on every run. The keys are read from the host's
+    execution.py and main.py, each set to 0 (what main.py passes with --cache-classic)."""
+    params = inspect.signature(execution.PromptExecutor.__init__).parameters
+    if "cache_args" in params:
+        text = Path(execution.__file__).read_text()
+        keys = set(re.findall(r"cache_args(?:\[|\.get\()\s*[\"']([A-Za-z_]\w*)[\"']", text))
+        main_py = main_py or Path(execution.__file__).with_name("main.py")
+        if main_py.exists():
+            for literal in re.findall(r"cache_args\s*=\s*\{([^}]*)\}", main_py.read_text()):
+                keys.update(re.findall(r"[\"']([A-Za-z_]\w*)[\"']\s*:", literal))
+        return {"cache_type": False, "cache_args": dict.fromkeys(sorted(keys or {"lru", "ram"}), 0)}
+    if "cache_size" in params:
+        return {"cache_type": False, "cache_size": 0}
+    return {"cache_type": False}
+
+
 class ComfyHarness:
-    def __init__(self, comfyui_dir: Path, pack_dir: Path, work_dir: Path, checkpoints_dir: Path | None = None,
-                 output_dir: Path | None = None, cpu: bool = True):
+    def __init__(self, work_dir: Path, checkpoints_dir: Path | None = None, output_dir: Path | None = None,
+                 cpu: bool = True):
         self.cpu = cpu
-        self.comfyui_dir = Path(comfyui_dir)
         self.output_dir = Path(output_dir) if output_dir else Path(work_dir) / "output"
-        self.pack_dir = Path(pack_dir)
         self.work_dir = Path(work_dir)
         self.checkpoints_dir = Path(checkpoints_dir) if checkpoints_dir else None
         self.server = _Server()
         self.executor = None
-        self.loaded = False
 
     # -- boot ---------------------------------------------------------------------------
     def boot(self) -> "ComfyHarness":
-        if str(self.comfyui_dir) not in sys.path:
-            sys.path.insert(0, str(self.comfyui_dir))
-        import comfy.cli_args
-
-        comfy.cli_args.args.cpu = self.cpu  # before anything imports comfy.model_management
-        import utils.extra_config  # noqa: F401  (before `nodes`, or `utils` resolves to comfy/utils.py)
-        import folder_paths
-
-        for d in (self.output_dir, self.work_dir / "temp", self.work_dir / "input"):
-            d.mkdir(parents=True, exist_ok=True)
-        folder_paths.set_output_directory(str(self.output_dir.resolve()))
-        folder_paths.set_temp_directory(str(self.work_dir / "temp"))
-        folder_paths.set_input_directory(str(self.work_dir / "input"))
-        if self.checkpoints_dir:
-            folder_paths.add_model_folder_path("checkpoints", str(self.checkpoints_dir), is_default=True)
-        import execution
-        import nodes
-
-        if Path(nodes.__file__).resolve().parent != self.comfyui_dir.resolve():
-            raise GraphError(f"`nodes` resolved to {nodes.__file__}, not ComfyUI's nodes.py: put ComfyUI first on "
-                             "sys.path (the pack's own nodes/ package must only be imported as part of the pack)")
-        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
-        ok = asyncio.run(nodes.load_custom_node(str(self.pack_dir), module_parent="custom_nodes"))
-        if not ok:
-            raise GraphError(f"ComfyUI could not load the pack at {self.pack_dir}")
-        self.loaded = True
-        self.executor = execution.PromptExecutor(self.server, cache_type=False, cache_args={"lru": 0, "ram": 0})
+        boot.boot(self.work_dir, self.output_dir, self.checkpoints_dir, cpu=self.cpu)
+        self.executor = self._new_executor()
         return self
 
+    def _new_executor(self):
+        import execution
+
+        return execution.PromptExecutor(self.server, **executor_kwargs(execution))
+
     # -- introspection ------------------------------------------------------------------
-    def object_info(self, class_type: str | None = None) -> dict:
-        """What GET /object_info answers, for one node type or all of them."""
+    def object_info(self) -> dict:
+        """What GET /object_info answers: every node type's definition."""
         import nodes
         from comfy_api.internal import _ComfyNodeInternal
 
@@ -128,16 +121,9 @@ class ComfyHarness:
                 "category": getattr(cls, "CATEGORY", "sd"),
             }
 
-        if class_type is not None:
-            return info(class_type)
         return {name: info(name) for name in nodes.NODE_CLASS_MAPPINGS}
 
     # -- execution ----------------------------------------------------------------------
-    def validate(self, prompt: dict) -> tuple[bool, dict, list, dict]:
-        import execution
-
-        return asyncio.run(execution.validate_prompt(str(uuid.uuid4()), prompt, None))
-
     def run(self, prompt: dict, fresh_cache: bool = True, outputs: list[str] = ()) -> RunResult:
         """Validate and execute an API-format prompt. Raises GraphError on any failure.
 
@@ -148,7 +134,7 @@ class ComfyHarness:
         import execution
 
         if fresh_cache:
-            self.executor = execution.PromptExecutor(self.server, cache_type=False, cache_args={"lru": 0, "ram": 0})
+            self.executor = self._new_executor()
         prompt_id = str(uuid.uuid4())
         valid, error, to_run, node_errors = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
         if not valid and error.get("type") == "prompt_no_outputs" and outputs:
@@ -168,7 +154,7 @@ class ComfyHarness:
             err = next((d for e, d in messages if e == "execution_error"), {})
             raise GraphError(f"{err.get('node_type', '?')} (node {err.get('node_id', '?')}) failed: "
                              f"{err.get('exception_message', 'unknown error')}", err)
-        return RunResult(prompt_id, dict(self.executor.history_result["outputs"]), messages, self.executor)
+        return RunResult(dict(self.executor.history_result["outputs"]), self.executor)
 
 
 def _format_node_errors(node_errors: dict) -> str:
@@ -177,20 +163,3 @@ def _format_node_errors(node_errors: dict) -> str:
         for e in info.get("errors", []):
             parts.append(f"[{info.get('class_type')} #{node_id}: {e.get('message')}: {e.get('details')}]")
     return " ".join(parts)
-
-
-def default_paths() -> dict:
-    """Paths of the runtime built by scripts/runtime.py (or COMFYUI_PATH)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import runtime
-
-    rt = runtime.ensure_runtime()
-    return {
-        "comfyui": rt.comfyui,
-        "pack": rt.custom_nodes / runtime.PACK_DIR_NAME,
-        "models": rt.models,
-    }
-
-
-def quiet_logs() -> None:
-    logging.basicConfig(level=os.environ.get("SHAPEFIRST_LOG", "WARNING"))

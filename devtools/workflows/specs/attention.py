@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from workflow_tools import WorkflowBuilder
-
-from .common import DEFAULT_CKPT, FIG1_PROMPT, FIG4_PROMPT_A, FIG4_PROMPT_B, FIG10_PROMPT  # noqa: F401
-from .eos import BIRD, CHAIR, SWAP_DEFAULTS  # noqa: F401
+from ..builder import WorkflowBuilder
+from .common import BIRD, CHAIR, DEFAULT_CKPT, DOG_PROMPT, FIG1_PROMPT
+from .eos import SWAP_DEFAULTS
 
 CAPTURE_DEFAULTS = {"step_stride": 1, "max_tokens": 77, "max_grid": 64, "keep_layers": False,
                     "memory_limit_mb": 1024.0}
@@ -78,7 +77,7 @@ def fig1_attention_maps_over_steps(info: dict) -> dict:
 
 def fig3_attention_token_classes(info: dict) -> dict:
     b = WorkflowBuilder(info)
-    ckpt, text, capture, image = _prompt_captured(b, FIG10_PROMPT)
+    ckpt, text, capture, image = _prompt_captured(b, DOG_PROMPT)
     view = b.add("AttentionMapView", "Fig. 3: attention weight per token class", 4, 0, size=(460, 900),
                  capture=capture.out(1), images=image.out(0), clip=ckpt.out(1), prompt=text.out(0), tokens="0, 1, 2",
                  steps="auto", filename_prefix="shapefirst/fig3_attention", **VIEW_DEFAULTS)
@@ -94,8 +93,8 @@ def fig3_attention_token_classes(info: dict) -> dict:
 def fig16_attention_kl_two_conditionings(info: dict) -> dict:
     b = WorkflowBuilder(info)
     ckpt = b.add("CheckpointLoaderSimple", "Load Checkpoint (SD1.5)", 0, 0, ckpt_name=DEFAULT_CKPT)
-    text_a = b.add("PrimitiveStringMultiline", "Prompt A", 0, 0.5, size=(320, 100), value=FIG4_PROMPT_A)
-    text_b = b.add("PrimitiveStringMultiline", "Prompt B", 0, 1, size=(320, 100), value=FIG4_PROMPT_B)
+    text_a = b.add("PrimitiveStringMultiline", "Prompt A", 0, 0.5, size=(320, 100), value=BIRD)
+    text_b = b.add("PrimitiveStringMultiline", "Prompt B", 0, 1, size=(320, 100), value=CHAIR)
     neg = b.add("CLIPTextEncode", "Empty negative prompt", 1, 2, size=(320, 100), text="", clip=ckpt.out(1))
     latent = b.add("EmptyLatentImage", None, 1, 2.5, size=(320, 130), width=512, height=512, batch_size=1)
     pos_a, cap_a = _captured_sampling(b, ckpt, text_a, 1, 0, "A")

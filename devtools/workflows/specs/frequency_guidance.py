@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from workflow_tools import WorkflowBuilder
-
-from .common import DEFAULT_CKPT, DOG_PROMPT, FIG1_PROMPT, _txt2img_base  # noqa: F401
+from ..builder import WorkflowBuilder
+from .common import BIRD_ON_FLOWER, DOG_PROMPT, FIG1_PROMPT, _txt2img_base
 
 
 def _truncated(b, title, column, row, ckpt, pos, neg, latent, steps, sampler, scheduler, start, end, seed=42):
@@ -84,7 +83,7 @@ def fig10_table2_truncation_sweep(info: dict) -> dict:
 
 def fig7_text_only_late(info: dict) -> dict:
     b = WorkflowBuilder(info)
-    ckpt, pos, neg, latent = _txt2img_base(b, "A blue bird sitting on a red flower.")
+    ckpt, pos, neg, latent = _txt2img_base(b, BIRD_ON_FLOWER)
     steps = 50
     samplers = [
         _truncated(b, "text in every step" if start == 0 else f"text only from step {int(start * steps)} of {steps}",

@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
-from workflow_tools import WorkflowBuilder
-
-from .common import DEFAULT_CKPT  # noqa: F401
-
-BIRD, CHAIR = "A blue bird", "A brown chair"
-SKYLINE = ("The sharp, angular edges of the city skyline pierced the clouds, a symbol of human innovation "
-           "and progress.")
-BUTTERFLY = ("The delicate, fluttering wings of the butterfly signaled the arrival of spring, a natural symbol "
-             "of rebirth and renewal.")
+from ..builder import WorkflowBuilder
+from .common import BIRD, BUTTERFLY, CHAIR, DEFAULT_CKPT, SKYLINE
 SWAP_DEFAULTS = {"eos_from": "B", "sem_from": "A", "sos_from": "A", "padding_is_eos": True, "layout": "prompt A",
                  "sem_repeats": 1, "apply_to": "keys and values", "start_percent": 0.0, "end_percent": 1.0,
                  "pooled_from": "B", "noise_seed": 0}
@@ -59,7 +52,7 @@ class _SwapSheet:
 
     @property
     def titles(self):
-        return [n.title for n in self.images]
+        return [self.b.title(n) for n in self.images]
 
 
 def _fig4(info: dict, name: str, a: str, b: str, label_a: str, label_b: str) -> dict:

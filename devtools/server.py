@@ -16,8 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-PACK_DIR_NAME = "comfyui-shapefirst"
+from .paths import PACK_DIR_NAME, REPO
 
 
 def free_port() -> int:

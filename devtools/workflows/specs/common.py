@@ -1,14 +1,19 @@
-"""Names and the txt2img base shared by every workflow description."""
+"""Prompts, names and the txt2img base shared by every workflow description (defined once here)."""
 
 from __future__ import annotations
 
-from workflow_tools import WorkflowBuilder
+from ..builder import WorkflowBuilder
 
 # The standard SD1.5 file name: real users who have it can run the workflows as shipped.
 DEFAULT_CKPT = "v1-5-pruned-emaonly.safetensors"
 FIG1_PROMPT = "The square coaster was next to the circular mug."
-DOG_PROMPT = FIG10_PROMPT = "A dog standing on a bench during the day."
-FIG4_PROMPT_A, FIG4_PROMPT_B = "A blue bird", "A brown chair"
+DOG_PROMPT = "A dog standing on a bench during the day."  # Fig. 10 / Table 2
+BIRD, CHAIR = "A blue bird", "A brown chair"  # Fig. 4
+SKYLINE = ("The sharp, angular edges of the city skyline pierced the clouds, a symbol of human innovation "
+           "and progress.")
+BUTTERFLY = ("The delicate, fluttering wings of the butterfly signaled the arrival of spring, a natural symbol "
+             "of rebirth and renewal.")
+BIRD_ON_FLOWER = "A blue bird sitting on a red flower."  # Fig. 7
 
 
 def _txt2img_base(b: WorkflowBuilder, prompt: str, size=512):
@@ -17,5 +22,3 @@ def _txt2img_base(b: WorkflowBuilder, prompt: str, size=512):
     neg = b.add("CLIPTextEncode", "Empty negative prompt (the paper's uncond)", 1, 1, text="", clip=ckpt.out(1))
     latent = b.add("EmptyLatentImage", None, 1, 2, size=(320, 130), width=size, height=size, batch_size=1)
     return ckpt, pos, neg, latent
-
-

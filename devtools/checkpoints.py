@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Seeded random-weight checkpoints of REAL Stable Diffusion architectures, small enough for CPU.
 
 No pretrained weights can be downloaded here, so tests build checkpoints from ComfyUI's own
@@ -13,18 +12,15 @@ under a fixed seed, and save them in the single-file checkpoint layout that Comf
 * the VAE is a TAESD (``first_stage_model.taesd_encoder/decoder...``), which ComfyUI builds instead
   of the 84 M parameter AutoencoderKL.
 
-Adding an architecture = one ``SPECS`` entry. The ComfyUI folder must be importable and, without a
-GPU, ``comfy.cli_args.args.cpu = True`` set before ``comfy.model_management`` is first imported
-(``__main__`` does both). Usage: ``python scripts/checkpoints.py --kind sd15 --out DIR``.
+Adding an architecture = one ``SPECS`` entry. ComfyUI must be booted first (devtools.boot.boot:
+importable, CPU forced without a GPU).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -49,6 +45,10 @@ class ArchSpec:
     unet: dict  # UNetModel config as comfy.model_detection.detect_unet_config reports it
     text_encoders: tuple[TextEncoderSpec, ...]
     vae_prefix: str = "first_stage_model."
+    revision: int = 0  # bump when this kind's tensors change (part of its cached file name)
+    # detect_unet_config keys a reduced spec keeps from the real model; None = the full architecture
+    kept: tuple[str, ...] | None = ("in_channels", "out_channels", "model_channels", "context_dim",
+                                    "use_linear_in_transformer", "adm_in_channels")
 
 
 def _unet(context_dim, linear, adm=None, channel_mult=(1,), res_blocks=1, depth=(1,),
@@ -70,10 +70,11 @@ SPECS: dict[str, ArchSpec] = {
     # SD1.x: 320 channels, context 768, conv proj_in/out, no ADM. UNet about 26 M parameters.
     "sd15": ArchSpec("SD15", _unet(768, linear=False),
                      (TextEncoderSpec("cond_stage_model.transformer.", CLIP_L, "hf"),)),
-    # The full SD1.5 UNet (860 M parameters, 2 GB file): for benchmarks on a GPU, not for tests.
+    # The full SD1.5 UNet (860 M parameters, 2 GB file): for benchmarks, not for tests. Output
+    # transformers on the three highest resolutions, as in SD1.5 (ComfyUI pops the list from the end).
     "sd15_full": ArchSpec("SD15", _unet(768, linear=False, channel_mult=(1, 2, 4, 4), res_blocks=2,
-                                        depth=(1, 1, 1, 1, 1, 1, 0, 0), depth_out=(0, 0, 0) + (1,) * 9),
-                          (TextEncoderSpec("cond_stage_model.transformer.", CLIP_L, "hf"),)),
+                                        depth=(1, 1, 1, 1, 1, 1, 0, 0), depth_out=(1,) * 9 + (0,) * 3),
+                          (TextEncoderSpec("cond_stage_model.transformer.", CLIP_L, "hf"),), revision=1, kept=None),
     # SD2.x: context 1024, linear proj_in/out; OpenCLIP ViT-H text encoder (pads with token 0).
     # Always detected as EPS: SD20.model_type reads output_blocks.11, which this depth lacks.
     "sd2x": ArchSpec("SD20", _unet(1024, linear=True),
@@ -85,7 +86,8 @@ SPECS: dict[str, ArchSpec] = {
                                    depth=(0, 0, 2, 2, 10, 10), depth_out=(0,) * 9),
                      (TextEncoderSpec("conditioner.embedders.0.transformer.", CLIP_L, "hf"),
                       TextEncoderSpec("conditioner.embedders.1.model.", "clip_config_bigg.json",
-                                      "openclip"))),
+                                      "openclip")),
+                     kept=ArchSpec.kept + ("transformer_depth",)),
 }
 UNET_PREFIX = "model.diffusion_model."
 
@@ -131,13 +133,22 @@ def _check_finite(sd: dict, what: str):
         raise RuntimeError(f"{what}: non-finite tensors {bad[:5]}")
 
 
-def _unet_state_dict(spec: ArchSpec, seed: int) -> dict:
+def _unet_model(spec: ArchSpec, device: str):
     import comfy.ops
     import comfy.supported_models
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     config = getattr(comfy.supported_models, spec.config_class)(spec.unet).unet_config
-    unet = init_default(UNetModel(**config, device="cpu", operations=comfy.ops.disable_weight_init), seed)
+    return UNetModel(**config, device=device, operations=comfy.ops.disable_weight_init)
+
+
+def unet_shapes(kind: str) -> dict:
+    """The UNet's checkpoint keys with meta tensors (shapes only, no memory): what detection reads."""
+    return {UNET_PREFIX + k: v for k, v in _unet_model(SPECS[kind], "meta").state_dict().items()}
+
+
+def _unet_state_dict(spec: ArchSpec, seed: int) -> dict:
+    unet = init_default(_unet_model(spec, "cpu"), seed)
     # No rescaling needed: the output is conv(silu(GroupNorm(h))), bounded whatever the input, so
     # euler + cfg 7.5 stays finite (the final latent simply keeps most of the initial noise).
     return {UNET_PREFIX + k: v for k, v in unet.state_dict().items()}
@@ -224,7 +235,7 @@ def build(kind: str, path, seed: int = 0) -> Path:
         raise RuntimeError(f"{kind}: ComfyUI detects {found}, expected {SPECS[kind].config_class}")
     # One metadata entry: safetensors writes several in random (hash map) order, and the file
     # must be byte-identical for the same seed.
-    meta = {"shapefirst": json.dumps({"kind": kind, "seed": seed, "build_version": BUILD_VERSION})}
+    meta = {"shapefirst": json.dumps({"kind": kind, "seed": seed, "build_version": _version(kind)})}
     safetensors.torch.save_file(sd, str(path), metadata=meta)
     n = sum(v.numel() for v in sd.values())
     log.info("built %s seed %d: %.1f M parameters in %.1f s -> %s", kind, seed, n / 1e6,
@@ -232,20 +243,14 @@ def build(kind: str, path, seed: int = 0) -> Path:
     return Path(path)
 
 
-def build_tiny_sd15(path, seed: int = 0) -> Path:
-    return build("sd15", path, seed)
-
-
-def build_tiny_sd2x(path, seed: int = 0) -> Path:
-    return build("sd2x", path, seed)
-
-
-def build_tiny_sdxl(path, seed: int = 0) -> Path:
-    return build("sdxl", path, seed)
+def _version(kind: str) -> int | str:
+    """BUILD_VERSION, with the kind's revision after a dot when it has one."""
+    revision = SPECS[kind].revision
+    return f"{BUILD_VERSION}.{revision}" if revision else BUILD_VERSION
 
 
 def checkpoint_name(kind: str, seed: int = 0) -> str:
-    return f"shapefirst-tiny-{kind}-s{seed}-v{BUILD_VERSION}.safetensors"
+    return f"shapefirst-tiny-{kind}-s{seed}-v{_version(kind)}.safetensors"
 
 
 def ensure_checkpoint(kind: str, models_dir, seed: int = 0) -> Path:
@@ -277,7 +282,7 @@ def _ensure_file(path: Path, builder) -> Path:
 
 # ---------------------------------------------------------------- ControlNet
 def controlnet_name(kind: str, seed: int = 0) -> str:
-    return f"shapefirst-tiny-{kind}-controlnet-s{seed}-v{BUILD_VERSION}.safetensors"
+    return f"shapefirst-tiny-{kind}-controlnet-s{seed}-v{_version(kind)}.safetensors"
 
 
 def build_controlnet(kind: str, path, seed: int = 0) -> Path:
@@ -301,7 +306,7 @@ def build_controlnet(kind: str, path, seed: int = 0) -> Path:
     sd = {k: v.detach().to(torch.float16).contiguous()
           for k, v in init_default(net, seed * 16 + 14).state_dict().items()}
     _check_finite(sd, f"{kind} controlnet")
-    meta = {"shapefirst": json.dumps({"kind": f"{kind}-controlnet", "seed": seed, "build_version": BUILD_VERSION})}
+    meta = {"shapefirst": json.dumps({"kind": f"{kind}-controlnet", "seed": seed, "build_version": _version(kind)})}
     safetensors.torch.save_file(sd, str(path), metadata=meta)
     return Path(path)
 
@@ -312,44 +317,3 @@ def ensure_controlnet(kind: str, models_dir, seed: int = 0) -> Path:
         raise ValueError(f"unknown kind {kind!r}; known: {sorted(SPECS)}")
     return _ensure_file(Path(models_dir) / controlnet_name(kind, seed),
                         lambda tmp: build_controlnet(kind, tmp, seed))
-
-
-def load_checkpoint(path, kind: str | None = None):
-    """Load with ComfyUI's own loader; check the detected class and the TAESD VAE.
-
-    Returns ComfyUI's ``(model_patcher, clip, vae, clipvision)``."""
-    import comfy.sd
-    import comfy.taesd.taesd
-
-    out = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=True, output_clip=True,
-                                                embedding_directory=None)
-    model, clip, vae = out[:3]
-    if kind is not None:
-        found = type(model.model.model_config).__name__
-        if found != SPECS[kind].config_class:
-            raise RuntimeError(f"{path}: loaded as {found}, expected {SPECS[kind].config_class}")
-    if clip is None or not isinstance(vae.first_stage_model, comfy.taesd.taesd.TAESD):
-        raise RuntimeError(f"{path}: missing text encoder or TAESD VAE")
-    return out
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--kind", default="sd15", choices=sorted(SPECS))
-    parser.add_argument("--out", required=True, help="folder for the checkpoint (e.g. models/checkpoints)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH") or
-                        str(Path(__file__).resolve().parent.parent / ".runtime" / "ComfyUI"))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    sys.path.insert(0, args.comfyui)
-    import comfy.cli_args
-
-    if "comfy.model_management" not in sys.modules:
-        comfy.cli_args.args.cpu = True
-    print(ensure_checkpoint(args.kind, args.out, args.seed))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Descriptions of the shipped workflows, one module per area; devtools.workflows.generate writes them."""
