@@ -86,6 +86,9 @@ def run_headless(args, rt: Runtime) -> int:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     h = ComfyHarness(out / ".work", checkpoints_dir=ckpt.parent, output_dir=out).boot()
+    import comfy.utils
+
+    comfy.utils.set_progress_bar_enabled(False)  # one progress line per workflow instead
     info = h.object_info()
     files = _workflows(args.only)
     mode = "full (the paper's step counts)" if args.full else f"quick (at most {QUICK_STEPS} steps per sampler)"

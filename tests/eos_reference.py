@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
+from devtools.workflows.specs.common import BIRD, CHAIR, SKYLINE  # noqa: F401  (the workflows' prompts)
+
 END = 49407
 OPTS = {"eos_from": "B", "sem_from": "A", "sos_from": "A", "padding_is_eos": True, "layout": "prompt A",
         "sem_repeats": 1, "apply_to": "keys and values", "start_percent": 0.0, "end_percent": 1.0,
         "pooled_from": "B", "noise_seed": 0}
-BIRD, CHAIR = "A blue bird", "A brown chair"
-SKYLINE = ("The sharp, angular edges of the city skyline pierced the clouds, a symbol of human innovation "
-           "and progress.")
 LONG = ", ".join(["a small red house with a green door and two round windows"] * 8)  # > 2 chunks
 
 
