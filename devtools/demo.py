@@ -40,6 +40,10 @@ def parse_args(argv):
                     help="image size for every workflow (default: 64 quick / 128 --full with the demo "
                          "checkpoint; 256 quick / the workflow's own with --ckpt)")
     ap.add_argument("--steps", type=int, default=None, help="cap every sampler's steps (overrides the mode's cap)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: 1 with the tiny demo checkpoint, whose operations are too small "
+                         "to share out and whose threads only wait for each other on a busy machine; torch's "
+                         "default with --ckpt)")
     ap.add_argument("--only", metavar="NAME", default=None, help="run only this workflow (file name, .json optional)")
     ap.add_argument("--ui", action="store_true", help="start the ComfyUI web UI instead of running headlessly")
     ap.add_argument("--port", type=int, default=8188, help="port for --ui (listens on 127.0.0.1 only)")
@@ -87,12 +91,17 @@ def run_headless(args, rt: Runtime) -> int:
     out.mkdir(parents=True, exist_ok=True)
     h = ComfyHarness(out / ".work", checkpoints_dir=ckpt.parent, output_dir=out).boot()
     import comfy.utils
+    import torch
 
     comfy.utils.set_progress_bar_enabled(False)  # one progress line per workflow instead
+    threads = args.threads or (1 if is_demo else None)
+    if threads:
+        torch.set_num_threads(threads)
     info = h.object_info()
     files = _workflows(args.only)
     mode = "full (the paper's step counts)" if args.full else f"quick (at most {QUICK_STEPS} steps per sampler)"
-    print(f"demo: {len(files)} workflow(s), {mode}, images {size or 'as in each workflow'} px", flush=True)
+    print(f"demo: {len(files)} workflow(s), {mode}, images {size or 'as in each workflow'} px, "
+          f"{torch.get_num_threads()} torch thread(s)", flush=True)
     rows, failures = [], 0
     wall0, cpu0 = time.perf_counter(), time.process_time()
     for k, path in enumerate(files, 1):
