@@ -148,7 +148,10 @@ def test_truncated_window_matches_a_step_by_step_reference_of_eq9(comfy, family_
 
 
 def _count_rows(model):
-    """A clone of ``model`` whose diffusion-model calls are counted (batch rows per call)."""
+    """A clone of ``model`` whose diffusion-model calls are counted (batch rows per call).
+
+    Counted at core's APPLY_MODEL wrapper (model_base), which every family passes through: SD3's
+    MMDiT, unlike the UNet, Wan and Flux, does not run DIFFUSION_MODEL wrappers in 0.3.75."""
     import comfy.patcher_extension as pe
 
     calls = []
@@ -158,7 +161,7 @@ def _count_rows(model):
         return executor(*args, **kwargs)
 
     m = model.clone()
-    m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, "test.count", counting)
+    m.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, "test.count", counting)
     return m, calls
 
 
