@@ -218,16 +218,22 @@ def test_wan22_two_expert_chain_samples(comfy, family_models):
     assert (out - _samples(r, "7")).abs().max() > 1e-4
 
 
-def test_wan22_truncated_guidance_on_the_expert_chain(comfy, family_models, caplog):
-    """Guidance on the high-noise expert only (eq. 9 with the window = its steps): the low-noise expert's
-    truncated guider equals core CFGGuider at cfg 1 on the empty prompt, bit for bit."""
-    g = _wan22(family_models)
+def _chain_parts(g):
+    """20-24: 4 simple-schedule sigmas split after step 2 (high-noise expert: [0], low-noise: [1]),
+    seeded noise for the first stage, none for the second, euler."""
     g["20"] = {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "simple", "steps": 4,
                                                           "denoise": 1.0}}
     g["21"] = {"class_type": "SplitSigmas", "inputs": {"sigmas": ["20", 0], "step": 2}}
     g["22"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": 5}}
     g["23"] = {"class_type": "DisableNoise", "inputs": {}}
     g["24"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}
+    return g
+
+
+def test_wan22_truncated_guidance_on_the_expert_chain(comfy, family_models, caplog):
+    """Guidance on the high-noise expert only (eq. 9 with the window = its steps): the low-noise expert's
+    truncated guider equals core CFGGuider at cfg 1 on the empty prompt, bit for bit."""
+    g = _chain_parts(_wan22(family_models))
 
     def guider(node, model, cfg=3.5, positive=("2", 0), window=None):
         inputs = {"model": [model, 0], "positive": list(positive), "negative": ["3", 0], "cfg": cfg}
@@ -259,3 +265,23 @@ def test_wan22_truncated_guidance_on_the_expert_chain(comfy, family_models, capl
     lines = [rec.getMessage() for rec in caplog.records if rec.getMessage().startswith("TruncatedCFG:")]
     assert any("2 steps, 2 model evaluations, 2 guided, 0 conditional passes skipped, 0.0%" in m for m in lines), lines
     assert any("2 steps, 2 model evaluations, 0 guided, 2 conditional passes skipped, 50.0%" in m for m in lines), lines
+
+
+def test_wan22_experts_run_exactly_the_expected_rows(comfy, family_models):
+    import nodes
+
+    r = comfy.run(_chain_parts(_wan22(family_models, batch=2)),
+                  outputs=["1", "11", "2", "3", "4", "21", "22", "23", "24"])
+    high, high_calls = _count_rows(r.output_value("1", 0))
+    low, low_calls = _count_rows(r.output_value("11", 0))
+    node = nodes.NODE_CLASS_MAPPINGS
+    conds = {"positive": r.output_value("2"), "negative": r.output_value("3"), "cfg": 3.5}
+    guided = node["TruncatedCFGGuider"].execute(model=high, **conds, **WINDOW_ALL).args[0]
+    tail = node["TruncatedCFGGuider"].execute(model=low, **conds, **{**WINDOW_ALL, "guidance_end": 0.0}).args[0]
+    sampler, first, second = r.output_value("24"), r.output_value("21", 0), r.output_value("21", 1)
+    mid = node["SamplerCustomAdvanced"].execute(noise=r.output_value("22"), guider=guided, sampler=sampler,
+                                                sigmas=first, latent_image=r.output_value("4")).args[0]
+    out = node["SamplerCustomAdvanced"].execute(noise=r.output_value("23"), guider=tail, sampler=sampler,
+                                                sigmas=second, latent_image=mid).args[0]
+    assert high_calls == [4, 4] and low_calls == [2, 2]  # batch 2: cond + uncond, then the uncond rows only
+    assert out["samples"].shape == (2, 16, 2, 8, 8) and torch.isfinite(out["samples"]).all()
