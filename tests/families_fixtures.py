@@ -64,3 +64,4 @@ def family_models(comfy, runtime_paths) -> dict:
     nodes.NODE_CLASS_MAPPINGS[FAMILY_TE_NODE] = FamilyTextEncoderNode
     yield names
     nodes.NODE_CLASS_MAPPINGS.pop(FAMILY_TE_NODE, None)
+    _CLIPS.clear()  # release the encoders while ComfyUI is still importable
