@@ -11,6 +11,8 @@ Z-Image cannot be built small enough for 0.3.75's detection (devtools/families.p
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -59,6 +61,24 @@ def truncated(window=None, **kw) -> dict:
 
 def _samples(r, node):
     return r.output_value(node)["samples"]
+
+
+def test_every_tiny_file_is_seeded_and_rebuilds_identically(comfy, family_models, runtime_paths):
+    """Every tensor is set from the seed: no constructor-left memory (which may be finite garbage)."""
+    import safetensors.torch
+
+    from devtools import families
+
+    models = Path(runtime_paths["models"])
+    builds = [(f, families.diffusion_state_dict, models / "diffusion_models" / family_models[f])
+              for f in families.FAMILIES]
+    builds += [(v, families.vae_state_dict, models / "vae" / family_models[f"vae:{v}"]) for v in families.VAES]
+    for name, build, path in builds:
+        on_disk, again = safetensors.torch.load_file(str(path)), build(name)
+        assert on_disk.keys() == again.keys(), name
+        assert all(torch.equal(on_disk[k], again[k]) for k in on_disk), name
+    a, b = (families.build_text_encoder("sd3").cond_stage_model.state_dict() for _ in range(2))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
