@@ -45,11 +45,9 @@ class FamilyTextEncoderNode:
 
 
 @pytest.fixture(scope="session")
-def family_models(comfy, runtime_paths) -> dict:
-    """File names (for UNETLoader / VAELoader) of every tiny family file, built once; the test-only
-    text-encoder node is registered while the session runs."""
+def family_files(comfy, runtime_paths) -> dict:
+    """File names (for UNETLoader / VAELoader) of every tiny family file, built once per machine."""
     import folder_paths
-    import nodes
 
     from devtools import families
 
@@ -61,7 +59,18 @@ def family_models(comfy, runtime_paths) -> dict:
         names[f"vae:{vae}"] = families.ensure_vae(vae, models).name
     folder_paths.add_model_folder_path("diffusion_models", str(models / "diffusion_models"), is_default=True)
     folder_paths.add_model_folder_path("vae", str(models / "vae"), is_default=True)
+    return names
+
+
+@pytest.fixture(scope="module")
+def family_models(family_files) -> dict:
+    """``family_files``, with the test-only text-encoder node registered while the module runs (other
+    modules list every node and must not see it)."""
+    import nodes
+
     nodes.NODE_CLASS_MAPPINGS[FAMILY_TE_NODE] = FamilyTextEncoderNode
-    yield names
-    nodes.NODE_CLASS_MAPPINGS.pop(FAMILY_TE_NODE, None)
-    _CLIPS.clear()  # release the encoders while ComfyUI is still importable
+    try:
+        yield family_files
+    finally:
+        nodes.NODE_CLASS_MAPPINGS.pop(FAMILY_TE_NODE, None)
+        _CLIPS.clear()  # release the encoders while ComfyUI is still importable
