@@ -1,0 +1,298 @@
+"""Seeded random-weight tiny models of the CFG model families ComfyUI 0.3.75 ships, for CPU tests.
+
+No pretrained weights can be downloaded here, so every model is ComfyUI's own class at a reduced
+size, with every tensor initialised explicitly under a fixed seed (ComfyUI's layers skip init)
+and checked finite. Files are built once and cached under the runtime's models folder.
+
+How each part reaches ComfyUI:
+
+* **Diffusion model** - a standalone diffusion-model file (``models/diffusion_models``) that core
+  ``UNETLoader`` (``comfy.sd.load_diffusion_model``) detects from tensor shapes alone. Only what
+  the detector reads from shapes is reduced; the builder checks that detection picks the
+  expected ``comfy.supported_models`` class.
+* **VAE** - a file in ``models/vae`` that core ``VAELoader`` detects: a 16-channel TAESD for SD3
+  (``taesd_*`` keys, with SD3's scale and shift), the real Wan 2.1 VAE at ``dim`` 16 (the
+  detector reads ``dim`` from ``decoder.head.0.gamma``; Wan 2.2's A14B experts use this VAE too).
+* **Text encoders** - ComfyUI's text-encoder loaders accept no reduced config: ``CLIPLoader``
+  builds T5-XXL / UMT5-XXL / CLIP / Qwen / Gemma from fixed json configs (4.7 B parameters for
+  T5-XXL, 5.7 B for UMT5-XXL). :func:`build_text_encoder` therefore builds ComfyUI's own text
+  encoder class for the family (``comfy.sd.CLIP`` with the family's real tokenizer and encoder
+  classes) through the ``<name>_model_config`` option the classes read, at one layer:
+  SD3 uses its T5-XXL branch (``sd3_clip(t5=True)``, what ``CLIPLoader`` type ``sd3`` builds from
+  a T5 file) at width 64 (MMDiT reads its context width from ``context_embedder``); Wan uses
+  UMT5 at the real width 4096 (``WanModel``'s text width is not detected, it is fixed at 4096).
+  UMT5's sentencepiece model ships inside users' text-encoder files, not with ComfyUI, so the
+  Wan tokenizer runs on the sentencepiece model ComfyUI does ship (AuraFlow's, 32000 pieces)
+  and the UMT5 vocabulary is that size.
+
+Families the 0.3.75 detector does not let us build small (hence no files here):
+
+* **Flux / Chroma**: detection fixes ``num_heads`` = 24 and ``axes_dim`` = [16, 56, 56] and the
+  model requires ``hidden_size / num_heads == sum(axes_dim)``, so ``hidden_size`` must be 3072;
+  one double block alone is about 340 M parameters (Chroma adds a 5120-wide, 5-layer
+  approximator).
+* **Qwen-Image**: detection reads only ``in_channels`` and the block count; the width (3072,
+  24 heads) and the text width (3584) are fixed, about 340 M parameters per block.
+* **Lumina 2 / Z-Image**: widths other than 2304 / 3840 fall back to 32 heads and
+  ``axes_dims`` (16, 56, 56), which only fit 4096; at 2304 the model keeps two noise-refiner and
+  two context-refiner layers (not detected), about 300 M parameters at one layer.
+
+Usage: the ComfyUI folder must be importable with ``comfy.cli_args.args.cpu = True`` set before
+``comfy.model_management`` is imported (the test harness does both); then
+``ensure_diffusion_model("sd3", models_dir)``, ``ensure_vae("taesd3", models_dir)``,
+``build_text_encoder("sd3")``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Bump whenever the produced tensors change: it is part of the cached file names.
+BUILD_VERSION = 1
+SD3_TEXT_WIDTH = 64  # T5 width of the tiny SD3 text encoder = MMDiT's detected context width
+
+
+@dataclass(frozen=True)
+class Family:
+    config_class: str  # comfy.supported_models class that detection must pick
+    unet: dict  # the diffusion model's config, as comfy.model_detection reports it
+    seed: int
+    vae: str  # key of VAES
+    text_encoder: str  # key for build_text_encoder
+
+
+def _sd3_unet(depth=2):
+    hidden = 64 * depth  # MMDiT: hidden size = 64 * depth, one head per 64 channels
+    return {"in_channels": 16, "patch_size": 2, "out_channels": 16, "depth": depth, "input_size": None,
+            "adm_in_channels": 2048,  # pooled CLIP-L + CLIP-G width (zeros without those encoders)
+            "context_embedder_config": {"target": "torch.nn.Linear",
+                                        "params": {"in_features": SD3_TEXT_WIDTH, "out_features": hidden}},
+            "num_patches": 256, "pos_embed_max_size": 16, "qk_norm": "rms",  # SD3.5's RMS q/k norm
+            "pos_embed_scaling_factor": None, "x_block_self_attn_layers": []}
+
+
+def _wan_unet(dim=128, layers=2):
+    # num_heads = dim // 128 is what the detector assumes: dim 128 = one 128-wide head
+    return {"image_model": "wan2.1", "dim": dim, "out_dim": 16, "num_heads": dim // 128, "ffn_dim": 2 * dim,
+            "num_layers": layers, "patch_size": (1, 2, 2), "freq_dim": 256, "window_size": (-1, -1),
+            "qk_norm": True, "cross_attn_norm": True, "eps": 1e-6, "in_dim": 16, "model_type": "t2v"}
+
+
+FAMILIES: dict[str, Family] = {
+    "sd3": Family("SD3", _sd3_unet(), 301, "taesd3", "sd3"),
+    "wan21_t2v": Family("WAN21_T2V", _wan_unet(), 302, "wan21", "wan"),
+    # Wan 2.2 A14B: two Wan-2.1-architecture experts (same detection), different weights
+    "wan22_high_noise": Family("WAN21_T2V", _wan_unet(), 303, "wan21", "wan"),
+    "wan22_low_noise": Family("WAN21_T2V", _wan_unet(), 304, "wan21", "wan"),
+}
+VAES = {"taesd3": 311, "wan21": 312}  # name -> seed
+
+
+# ---------------------------------------------------------------- initialisation
+def _torch_reset(cls):
+    """torch.nn's own reset_parameters for a (ComfyUI subclass of a) torch layer, else None."""
+    for c in cls.__mro__:
+        if c.__module__.startswith("torch.nn.") and "reset_parameters" in vars(c):
+            return vars(c)["reset_parameters"]
+    return None
+
+
+def seeded_init(module, seed: int):
+    """Give every parameter and floating buffer of ``module`` a value under ``seed``.
+
+    torch layers get torch's default init; other 1-D ``weight``/``gamma``/``scale`` tensors (norm
+    gains) are ones, 1-D ``bias`` zeros, everything else (modulation tables, position tables,
+    learned tokens) normal with std ``1 / sqrt(last dim)``. Buffers keep their values (a buffer that
+    a constructor leaves empty must be set by the caller: the finiteness check catches it). The
+    global RNG state is restored."""
+    import torch
+
+    covered = set()
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        for m in module.modules():
+            reset = _torch_reset(type(m))
+            if reset is not None:
+                reset(m)
+                covered.update(id(p) for p in m.parameters(recurse=False))
+        for name, p in module.named_parameters():
+            if id(p) in covered:
+                continue
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf in ("weight", "gamma", "scale") and p.squeeze().ndim <= 1 and p.numel() > 1:
+                p.fill_(1.0)
+            elif leaf == "bias":
+                p.zero_()
+            else:
+                p.normal_(0.0, p.shape[-1] ** -0.5 if p.ndim else 1.0)
+    check_finite(module.state_dict(), type(module).__name__)
+    return module
+
+
+def check_finite(sd: dict, what: str):
+    import torch
+
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise RuntimeError(f"{what}: non-finite tensors {bad[:5]}")
+
+
+# ---------------------------------------------------------------- diffusion models
+def diffusion_state_dict(family: str) -> dict:
+    """The tiny diffusion model's tensors (float32, contiguous, finite), keyed as a standalone file."""
+    import torch
+
+    import comfy.supported_models
+
+    spec = FAMILIES[family]
+    config = getattr(comfy.supported_models, spec.config_class)(dict(spec.unet))
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({}, device="cpu")
+    net = model.diffusion_model
+    if getattr(net, "pos_embed", None) is not None:  # MMDiT: a buffer ComfyUI creates empty; SD3's is sin-cos
+        from comfy.ldm.modules.diffusionmodules.mmdit import get_2d_sincos_pos_embed
+
+        size = spec.unet["pos_embed_max_size"]
+        table = get_2d_sincos_pos_embed(net.pos_embed.shape[-1], size)
+        net.pos_embed.copy_(torch.from_numpy(table).reshape(net.pos_embed.shape))
+    seeded_init(net, spec.seed)
+    sd = {k: v.detach().to(torch.float32).contiguous() for k, v in net.state_dict().items()}
+    check_finite(sd, family)
+    return sd
+
+
+def detected_config_class(sd: dict) -> str | None:
+    """Name of the comfy.supported_models class ComfyUI's detection picks for a diffusion-model file."""
+    import comfy.model_detection
+
+    config = comfy.model_detection.model_config_from_unet(sd, "")
+    return None if config is None else type(config).__name__
+
+
+def build_diffusion_model(family: str, path) -> Path:
+    sd = diffusion_state_dict(family)
+    found = detected_config_class(sd)
+    if found != FAMILIES[family].config_class:
+        raise RuntimeError(f"{family}: ComfyUI detects {found}, expected {FAMILIES[family].config_class}")
+    _save(sd, path, {"kind": family, "seed": FAMILIES[family].seed})
+    log.info("built %s: %.2f M parameters -> %s", family, sum(v.numel() for v in sd.values()) / 1e6, path)
+    return Path(path)
+
+
+def diffusion_model_name(family: str) -> str:
+    return f"shapefirst-tiny-{family}-v{BUILD_VERSION}.safetensors"
+
+
+def ensure_diffusion_model(family: str, models_dir) -> Path:
+    """Path of the cached tiny ``family`` model in ``models_dir/diffusion_models``, built if missing."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; known: {sorted(FAMILIES)}")
+    path = Path(models_dir) / "diffusion_models" / diffusion_model_name(family)
+    return _ensure_file(path, lambda tmp: build_diffusion_model(family, tmp))
+
+
+# ---------------------------------------------------------------- VAEs
+def vae_state_dict(name: str) -> dict:
+    import torch
+
+    seed = VAES[name]
+    if name == "taesd3":
+        import comfy.taesd.taesd
+
+        vae = seeded_init(comfy.taesd.taesd.TAESD(latent_channels=16), seed)
+        with torch.no_grad():  # the values ComfyUI's VAELoader gives SD3's TAESD
+            vae.vae_scale.fill_(1.5305)
+            vae.vae_shift.fill_(0.0609)
+    elif name == "wan21":
+        import comfy.ldm.wan.vae
+
+        vae = seeded_init(comfy.ldm.wan.vae.WanVAE(dim=16, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+                                                   attn_scales=[], temperal_downsample=[False, True, True],
+                                                   dropout=0.0), seed)
+    else:
+        raise ValueError(f"unknown VAE {name!r}; known: {sorted(VAES)}")
+    sd = {k: v.detach().to(torch.float32).contiguous() for k, v in vae.state_dict().items()}
+    check_finite(sd, name)
+    return sd
+
+
+def vae_name(name: str) -> str:
+    return f"shapefirst-tiny-vae-{name}-v{BUILD_VERSION}.safetensors"
+
+
+def ensure_vae(name: str, models_dir) -> Path:
+    """Path of the cached tiny VAE ``name`` in ``models_dir/vae``, built if missing."""
+    if name not in VAES:
+        raise ValueError(f"unknown VAE {name!r}; known: {sorted(VAES)}")
+    path = Path(models_dir) / "vae" / vae_name(name)
+    return _ensure_file(path, lambda tmp: _save(vae_state_dict(name), tmp, {"kind": f"vae-{name}",
+                                                                           "seed": VAES[name]}))
+
+
+# ---------------------------------------------------------------- text encoders
+def build_text_encoder(kind: str, seed: int = 321):
+    """ComfyUI's own text encoder of a family (``comfy.sd.CLIP``), one layer, seeded (see module doc)."""
+    import torch
+
+    import comfy.sd
+
+    class Target:
+        params: dict = {}
+
+    tokenizer_data = {}
+    if kind == "sd3":
+        import comfy.text_encoders.sd3_clip as sd3
+
+        Target.clip = sd3.sd3_clip(clip_l=False, clip_g=False, t5=True)
+        Target.tokenizer = sd3.SD3Tokenizer
+        options = {"t5xxl_model_config": {"d_model": SD3_TEXT_WIDTH, "num_layers": 1, "d_ff": 128,
+                                          "num_heads": 2, "d_kv": 32}}
+    elif kind == "wan":
+        import comfy.text_encoders.wan as wan
+
+        spiece = Path(wan.__file__).parent / "t5_pile_tokenizer" / "tokenizer.model"
+        tokenizer_data["spiece_model"] = spiece.read_bytes()
+        Target.clip = wan.te()
+        Target.tokenizer = wan.WanT5Tokenizer
+        options = {"umt5xxl_model_config": {"num_layers": 1, "d_ff": 64, "num_heads": 2, "d_kv": 16,
+                                            "vocab_size": 32000}}
+    else:
+        raise ValueError(f"unknown text encoder {kind!r}; known: sd3, wan")
+    clip = comfy.sd.CLIP(target=Target, tokenizer_data=tokenizer_data,
+                         model_options={**options, "dtype": torch.float32})
+    seeded_init(clip.cond_stage_model, seed)
+    return clip
+
+
+# ---------------------------------------------------------------- files
+def _save(sd: dict, path, meta: dict):
+    import safetensors.torch
+
+    # one metadata entry: safetensors writes several in hash-map order, and the file must be
+    # byte-identical for the same seed
+    meta = {"shapefirst": json.dumps({**meta, "build_version": BUILD_VERSION}, sort_keys=True)}
+    safetensors.torch.save_file(sd, str(path), metadata=meta)
+
+
+def _ensure_file(path: Path, builder) -> Path:
+    """``path``, built by ``builder(tmp)`` first if missing (written aside, renamed into place)."""
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        builder(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
