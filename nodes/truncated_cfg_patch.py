@@ -11,8 +11,9 @@ One implementation for the KSampler drop-in, the guider and the MODEL patch node
 * A keyed DIFFUSION_MODEL wrapper, moved innermost for each run, counts the batch rows the model
   really computes (EasyCache/LazyCache may skip whole evaluations).
 * The SAMPLER_SAMPLE wrapper (``RunRecorder``) plans the run from the sigmas actually sampled,
-  and in ``finally`` logs the accounting and hands it to ``on_finish``. Chained samplers of one
-  prompt (e.g. a high-noise and a low-noise KSamplerAdvanced) add up into one report.
+  and in ``finally`` logs the accounting and hands it to ``on_finish``. A run that starts at
+  the sigma where the previous run of the same prompt ended (chained samplers: a high-noise then a
+  low-noise KSamplerAdvanced) adds up with it into one report.
 
 Hook point: ``is_tail(sigma)`` (also stored in ``transformer_options[IS_TAIL_KEY]`` as a plain
 function, which survives ComfyUI's deep copies) tells whether an evaluation at ``sigma`` falls in
@@ -53,9 +54,9 @@ class TruncationController(RunRecorder):
         super().__init__(WRAPPER_KEY)
         self.settings = window
         self.node = node
-        self.report: RunRecord | None = None  # the prompt's record so far (chained runs add up)
+        self.report: RunRecord | None = None  # the last run's record (a chain's runs add up)
         self.on_finish = None  # optional callable(report_dict), e.g. to show it in the browser
-        self._prompt = None
+        self._prompt = self._chain_end = None
         self._clear()
 
     def _clear(self):
@@ -115,12 +116,15 @@ class TruncationController(RunRecorder):
                 f" ({r.note})" if r.note else "")
             if not completed:
                 return
-            prompt = _prompt_id()
-            if self.report is not None and prompt is not None and prompt == self._prompt:
+            # a run that starts where the last one of this prompt ended continues it (chained samplers)
+            prompt, sigmas = _prompt_id(), self.schedule.sigmas
+            last = self._chain_end
+            if (self.report is not None and prompt is not None and prompt == self._prompt and last is not None
+                    and abs(sigmas[0] - last) <= guidance.SIGMA_RTOL * max(abs(last), 1e-12)):
                 self.report.extend(r)
             else:
                 self.report = RunRecord(**{k: getattr(r, k) for k in r.__dataclass_fields__})
-            self._prompt = prompt
+            self._prompt, self._chain_end = prompt, sigmas[-1]
             if self.on_finish is not None:
                 self.on_finish(self.report.as_dict())
         finally:
