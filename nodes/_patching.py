@@ -88,11 +88,6 @@ def chain_object_patch(model, name: str, make, key: str) -> None:
     model.add_object_patch(name, fn)
 
 
-def sample_sigmas(model_options) -> object | None:
-    """The sigmas of the sampling call under way (on the device), as core stores them."""
-    return (model_options or {}).get("transformer_options", {}).get("sample_sigmas")
-
-
 class RunRecorder:
     """Per-run state around WrappersMP.SAMPLER_SAMPLE.
 

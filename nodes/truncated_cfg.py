@@ -166,10 +166,10 @@ class TruncatedCFGSampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, cfg=7.5, steps=20, guidance_start=None, guidance_end=None, tail=None, window=None, adaptive_threshold=None,
-                        window_units=None, sigma_low=None, sigma_high=None):
-        window = dict(locals())
-        return as_validation(window_from_inputs, SAMPLER_NODE, cfg, window, steps)
+    def validate_inputs(cls, cfg=7.5, steps=20, guidance_start=None, guidance_end=None, tail=None, window=None,
+                        adaptive_threshold=None, window_units=None, sigma_low=None, sigma_high=None):
+        inputs = dict(locals())  # the window inputs by name
+        return as_validation(window_from_inputs, SAMPLER_NODE, cfg, inputs, steps)
 
     @classmethod
     def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
@@ -196,7 +196,8 @@ class TruncatedCFGGuider(io.ComfyNode):
             description=(
                 "A GUIDER for SamplerCustomAdvanced that runs classifier-free guidance only in a window of the "
                 "steps (the paper's eq. 9), with any custom sigmas, noise and sampler. The window is a fraction "
-                "of the sigmas given to the sampler. The accounting is logged and shown in this node."
+                "of the sigmas given to the sampler, or with window_units 'sigma' a range of noise levels. The "
+                "accounting is logged and shown in this node."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The model to guide; it is cloned, never modified."),
@@ -211,10 +212,10 @@ class TruncatedCFGGuider(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, cfg=7.5, guidance_start=None, guidance_end=None, tail=None, window=None, adaptive_threshold=None,
-                        window_units=None, sigma_low=None, sigma_high=None):
-        window = dict(locals())
-        return as_validation(window_from_inputs, GUIDER_NODE, cfg, window)
+    def validate_inputs(cls, cfg=7.5, guidance_start=None, guidance_end=None, tail=None, window=None,
+                        adaptive_threshold=None, window_units=None, sigma_low=None, sigma_high=None):
+        inputs = dict(locals())  # the window inputs by name
+        return as_validation(window_from_inputs, GUIDER_NODE, cfg, inputs)
 
     @classmethod
     def execute(cls, model, positive, negative, cfg, **window) -> io.NodeOutput:

@@ -45,8 +45,8 @@ class TruncatedCFGModel(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, guidance_start=None, guidance_end=None, tail=None, window=None, adaptive_threshold=None,
                         window_units=None, sigma_low=None, sigma_high=None):
-        window = dict(locals())
-        return as_validation(window_from_inputs, MODEL_NODE, None, window)
+        inputs = dict(locals())  # the window inputs by name
+        return as_validation(window_from_inputs, MODEL_NODE, None, inputs)
 
     @classmethod
     def execute(cls, model, **window) -> io.NodeOutput:

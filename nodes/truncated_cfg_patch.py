@@ -28,7 +28,7 @@ from ..shapefirst import guidance
 from ..shapefirst.guidance import (MODE_ADAPTIVE, MODE_FIXED, TAIL_COND, TAIL_UNCOND, UNITS_SIGMA, UNITS_STEPS,
                                    GuidanceWindow, RunRecord)
 from ._common import KEY_PREFIX, LOGGER
-from ._patching import RunRecorder, sample_sigmas
+from ._patching import RunRecorder
 
 WRAPPER_KEY = f"{KEY_PREFIX}truncated_cfg"
 IS_TAIL_KEY = f"{KEY_PREFIX}truncated_cfg.is_tail"
@@ -65,7 +65,6 @@ class TruncationController(RunRecorder):
         self._cfg = self.settings.cfg
         self._curve_steps: set[int] = set()
         self._pending: list = []  # (step, sigma, tensor of 3 stats) until the run ends: no sync per step
-        self._sampled_src, self._sampled = None, []
         self._rows_seen = self._rows_asked = 0
         self._warned_other = False
 
@@ -80,7 +79,10 @@ class TruncationController(RunRecorder):
         import comfy.patcher_extension as pe
 
         self._clear()
-        values = [float(s) for s in sigmas]
+        # read once per sampling call: on a GPU each read of a device tensor is a sync
+        values = sigmas.tolist() if hasattr(sigmas, "tolist") else [float(s) for s in sigmas]
+        if len(values) < 2:  # nothing to sample: the patch stays out of the way
+            return
         self.schedule = self.settings.plan(values)
         self.record = RunRecord(steps=self.schedule.steps)
         cfg = getattr(guider, "cfg", None)
@@ -159,9 +161,8 @@ class TruncationController(RunRecorder):
             return executor(model, conds, x_in, timestep, model_options)
         report.rows_full_cfg += 2 * rows
         schedule = self.schedule
-        sampled = self._schedule_from(model_options)
         sigma = float(timestep.flatten()[0])
-        step = guidance.step_of_sigma(sigma, sampled) if sampled is not schedule.sigmas else schedule.step_of(sigma)
+        step = schedule.step_of(sigma)
         if schedule.is_enabled(step):
             report.guided += 1
             self._rows_asked += 2 * rows
@@ -177,15 +178,6 @@ class TruncationController(RunRecorder):
         return [out[keep], out[keep]]
 
     # -- helpers ------------------------------------------------------------------------------------
-    def _schedule_from(self, model_options) -> list[float]:
-        sigmas = sample_sigmas(model_options)
-        if sigmas is None or len(sigmas) < 2:
-            return self.schedule.sigmas
-        if sigmas is not self._sampled_src:  # read once per sampling call: on a GPU each read is a sync
-            self._sampled_src = sigmas
-            self._sampled = sigmas.tolist() if hasattr(sigmas, "tolist") else [float(s) for s in sigmas]
-        return self._sampled
-
     def _measure(self, step: int, sigma: float, out, x_in) -> None:
         u, g, ratio = guidance.guidance_strength(out[0], out[1], x_in, self._cfg)
         if step not in self._curve_steps:  # one point per step: its first evaluation

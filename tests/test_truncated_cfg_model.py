@@ -43,12 +43,20 @@ def custom_nodes(g, model, out, steps=3, guider=None):
     return [out, f"{out}a"]
 
 
+@pytest.fixture(autouse=True)
+def browser_events(comfy, monkeypatch):
+    """The harness's server stands in for ComfyUI's, so the events sent to the browser land in r.messages."""
+    import server
+
+    monkeypatch.setattr(server.PromptServer, "instance", comfy.server, raising=False)
+
+
 def reports(r, node):
     return [d["report"] for e, d in r.messages if e == EVENT and d["node"] == node]
 
 
 def test_window_over_all_steps_is_every_core_sampler_bit_for_bit(comfy, sd15_ckpt):
-    g = graphs.base(sd15_ckpt, batch=2)
+    g = graphs.base(sd15_ckpt)
     g["5"] = patch(("1", 0))
     g["10"], g["20"] = graphs.ksampler(("1", 0), ("4", 0), steps=3), graphs.ksampler(("5", 0), ("4", 0), steps=3)
     g["11"], g["21"] = (advanced(m, ("4", 0), 0, 3, steps=3, sampler="heun") for m in (("1", 0), ("5", 0)))
@@ -117,9 +125,13 @@ def test_two_chained_advanced_samplers_with_sigma_units_equal_one_sampler(comfy,
         g[lo] = advanced(model, (hi, 0), 4, 10000, add_noise=False)  # then the low-noise one
     r = comfy.run(g, outputs=["10", "12", "20", "22"])
     out = {k: r.output_value(k)["samples"] for k in ("10", "12", "20", "22")}
-    assert torch.equal(out["10"], out["12"])  # core: chaining is exact for euler
-    assert torch.equal(out["20"], out["22"])
-    assert not torch.equal(out["20"], out["10"])
+    # core's own chain differs from one sampler only by the latent scale round trip between the two
+    core_gap = (out["10"] - out["12"]).abs().max().item()
+    ours_gap = (out["20"] - out["22"]).abs().max().item()
+    if core_gap == 0:
+        assert ours_gap == 0
+    assert ours_gap <= max(10 * core_gap, 1e-6 * out["20"].abs().max().item()), (ours_gap, core_gap)
+    assert (out["20"] - out["10"]).abs().max().item() > max(1e-3, 100 * ours_gap)  # the truncation acted
     runs = {(x["runs"], x["steps"], x["skipped_passes"]) for x in reports(r, "5")}
     assert (1, 8, 2) in runs and (2, 8, 2) in runs  # one sampler; the chain's two runs add up in one report
 
