@@ -9,6 +9,7 @@ from .attention_view import AttentionMapView
 from .frequency_split import FrequencySplitPreview
 from .frequency_trace import FrequencyCurves, FrequencyTrace
 from .truncated_cfg import TruncatedCFGGuider, TruncatedCFGSampler
+from .truncated_cfg_model import TruncatedCFGModel
 from .kv_swap import EOSSwapKVPatch
 
 NODE_LIST: list[type[io.ComfyNode]] = [
@@ -17,6 +18,7 @@ NODE_LIST: list[type[io.ComfyNode]] = [
     FrequencyCurves,
     TruncatedCFGSampler,
     TruncatedCFGGuider,
+    TruncatedCFGModel,
     EOSSwapConditioning,
     EOSSwapKVPatch,
     AttentionMapCapture,

@@ -18,8 +18,9 @@ import torch
 from ..shapefirst import chart
 from ..shapefirst import trace as curves_math
 from ._api import io
-from ._common import (CATEGORY, KEY_PREFIX, LOGGER, ShapeFirstInputError, as_validation, check_fraction_open,
+from ._common import (CATEGORY, LOGGER, ShapeFirstInputError, as_validation, check_fraction_open,
                       save_text_files, to_json)
+from ._patching import RunRecorder
 
 TRACE_NODE = "FrequencyTrace"
 CURVES_NODE = "FrequencyCurves"
@@ -60,39 +61,41 @@ class RecordedRun:
         return self.final is not None
 
 
-class FrequencyRecorder:
-    """Holds the last sampling run of the model it patched. Reset at the start of each run."""
+class FrequencyRecorder(RunRecorder):
+    """Holds the last finished sampling run of the model it patched. Reset at the start of each run."""
 
     def __init__(self):
         self.id = next(_ids)
-        self.key = f"{KEY_PREFIX}frequency_trace.{self.id}"
+        super().__init__(f"frequency_trace.{self.id}")
         self.run: RecordedRun | None = None
-        self.runs_started = 0
+        self._model = None
 
-    def sampler_sample_wrapper(self, executor, guider, sigmas, extra_args, callback, noise, latent_image,
-                               denoise_mask, disable_pbar):
+    def begin(self, guider, sigmas, extra_args, noise) -> None:
         model_sampling = guider.inner_model.model_sampling
+        self._model = guider.inner_model
         coefs = [_vp_coefficients(model_sampling, s) for s in sigmas[:-1]]
-        run = RecordedRun(
+        # a new run replaces the last one: nothing leaks from earlier prompts
+        self.run = RecordedRun(
             sigmas=[float(s) for s in sigmas[:-1]],
             noise=noise.detach().to("cpu", torch.float32, copy=True),
             c_in=[c[0] for c in coefs], signal_coef=[c[1] for c in coefs], noise_coef=[c[2] for c in coefs],
         )
-        self.run = run  # a new run replaces the last one: nothing leaks from earlier prompts
-        self.runs_started += 1
 
-        def recording_callback(step, x0, x, total_steps):
-            if 0 <= step < len(run.sigmas) and step not in run.xt:
-                run.xt[step] = (x.detach().to("cpu", torch.float32) * run.c_in[step])
-                run.x0_pred[step] = x0.detach().to("cpu", torch.float32, copy=True)
-            if callback is not None:
-                return callback(step, x0, x, total_steps)
+    def on_step(self, step, x0, x, total_steps) -> None:
+        run = self.run
+        if run is not None and 0 <= step < len(run.sigmas) and step not in run.xt:
+            run.xt[step] = (x.detach().to("cpu", torch.float32) * run.c_in[step])
+            run.x0_pred[step] = x0.detach().to("cpu", torch.float32, copy=True)
 
-        samples = executor(guider, sigmas, extra_args, recording_callback, noise, latent_image, denoise_mask,
-                           disable_pbar)
+    def on_result(self, samples) -> None:
+        run = self.run
         run.final = samples.detach().to("cpu", torch.float32, copy=True)
-        run.output = guider.inner_model.process_latent_out(samples.detach().to(torch.float32)).cpu()
-        return samples
+        run.output = self._model.process_latent_out(samples.detach().to(torch.float32)).cpu()
+
+    def finish(self, completed: bool) -> None:
+        self._model = None  # no reference to the loaded model survives the run
+        if not completed:
+            self.run = None  # an interrupted or failed run is no run: Frequency Curves says so
 
 
 class FrequencyTrace(io.ComfyNode):
@@ -118,13 +121,8 @@ class FrequencyTrace(io.ComfyNode):
 
     @classmethod
     def execute(cls, model) -> io.NodeOutput:
-        import comfy.patcher_extension
-
         recorder = FrequencyRecorder()
-        patched = model.clone()
-        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, recorder.key,
-                                     recorder.sampler_sample_wrapper)
-        return io.NodeOutput(patched, recorder)
+        return io.NodeOutput(recorder.install(model), recorder)
 
 
 def _check_run(recorder, samples) -> RecordedRun:

@@ -22,6 +22,7 @@ import torch
 
 from ._api import io
 from ._common import CATEGORY, KEY_PREFIX, LOGGER, ShapeFirstInputError
+from ._patching import patched_clone, set_attn2_patch
 from .eos_swap import KV_KEY, NODE as EOS_NODE
 
 NODE = "EOSSwapKVPatch"
@@ -110,15 +111,11 @@ def kv_attn2_patch(n, context_attn2, value_attn2, extra_options):
 
 
 def patch_model(model):
-    """A clone of ``model`` with the wrapper and the attn2 patch (applying twice adds nothing)."""
+    """A clone of ``model`` with the wrapper and the attn2 patch (applying twice replaces, adds nothing)."""
     import comfy.patcher_extension
 
-    m = model.clone()
-    m.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, WRAPPER_KEY)
-    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, WRAPPER_KEY, calc_cond_batch_wrapper)
-    patches = m.model_options.get("transformer_options", {}).get("patches", {}).get("attn2_patch", [])
-    if not any(p is kv_attn2_patch for p in patches):
-        m.set_model_attn2_patch(kv_attn2_patch)
+    m = patched_clone(model, WRAPPER_KEY, {comfy.patcher_extension.WrappersMP.CALC_COND_BATCH: calc_cond_batch_wrapper})
+    set_attn2_patch(m, kv_attn2_patch, WRAPPER_KEY)
     return m
 
 

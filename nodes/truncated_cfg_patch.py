@@ -1,156 +1,217 @@
-"""The model patch behind TruncatedCFGSampler / TruncatedCFGGuider (the paper's eq. 9).
+"""The model patch behind every truncated-guidance node (the paper's eq. 9).
 
-A keyed CALC_COND_BATCH wrapper decides per model evaluation whether the step is guided.
-Outside the guidance window only the kept branch is computed, and its prediction is returned
-for both CFG slots: CFG then yields exactly that prediction (uncond + w * 0), other packs'
-pre/post-CFG hooks still run on a consistent pair, and the UNet batch halves. A keyed
-SAMPLER_SAMPLE wrapper resets the per-run state at the start of each sampling call and logs the
-accounting at its end. Everything is attached to a clone; the user's MODEL is never modified.
+One implementation for the KSampler drop-in, the guider and the MODEL patch node:
+
+* A keyed CALC_COND_BATCH wrapper decides per model evaluation whether its step is guided (the
+  pure ``shapefirst.guidance`` schedule decides). Outside the window only the kept branch is
+  computed, and its prediction is returned for both CFG slots: CFG then yields exactly that
+  prediction (uncond + w * 0), other packs' pre/post-CFG hooks still run on a consistent pair,
+  and the batch halves. Guiders with other than two branches (DualCFGGuider, PerpNegGuider) and
+  single-pass evaluations (cfg 1, guidance-distilled models) are left exact, and reported as such.
+* A keyed DIFFUSION_MODEL wrapper, moved innermost for each run, counts the batch rows the model
+  really computes (EasyCache/LazyCache may skip whole evaluations).
+* The SAMPLER_SAMPLE wrapper (``RunRecorder``) plans the run from the sigmas actually sampled,
+  and in ``finally`` logs the accounting and hands it to ``on_finish``. A run that starts at
+  the sigma where the previous run of the same prompt ended (chained samplers: a high-noise then a
+  low-noise KSamplerAdvanced) adds up with it into one report.
+
+Hook point: ``is_tail(sigma)`` (also stored in ``transformer_options[IS_TAIL_KEY]`` as a plain
+function, which survives ComfyUI's deep copies) tells whether an evaluation at ``sigma`` falls in
+the unguided tail of the run under way. Everything is attached to a clone.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from ..shapefirst import guidance
+from ..shapefirst.guidance import (MODE_ADAPTIVE, MODE_FIXED, TAIL_COND, TAIL_UNCOND, UNITS_SIGMA, UNITS_STEPS,
+                                   GuidanceWindow, RunRecord)
 from ._common import KEY_PREFIX, LOGGER
+from ._patching import RunRecorder
 
 WRAPPER_KEY = f"{KEY_PREFIX}truncated_cfg"
-TAIL_UNCOND = "uncond"
-TAIL_COND = "cond"
-MODE_FIXED = "fixed"
-MODE_ADAPTIVE = "adaptive"
+IS_TAIL_KEY = f"{KEY_PREFIX}truncated_cfg.is_tail"
+
+__all__ = ["MODE_ADAPTIVE", "MODE_FIXED", "TAIL_COND", "TAIL_UNCOND", "UNITS_SIGMA", "UNITS_STEPS", "GuidanceWindow",
+           "TruncationController", "patch_model", "IS_TAIL_KEY"]
 
 
-@dataclass(frozen=True)
-class TruncationSettings:
-    start: float = 0.0
-    end: float = 0.4
-    tail: str = TAIL_UNCOND
-    mode: str = MODE_FIXED
-    threshold: float = 0.1
-    cfg: float = 7.5  # the guidance scale w, for the strength curve
+def _prompt_id():
+    try:
+        from comfy_execution.utils import get_executing_context
+
+        ctx = get_executing_context()
+        return None if ctx is None else ctx.prompt_id
+    except Exception:  # an older ComfyUI, or sampling outside an executing prompt
+        return None
 
 
-class TruncationController:
-    """Per-run state of one patched model: the window in steps, the accounting, the curve."""
+class TruncationController(RunRecorder):
+    """Per-run state of one patched model: the run's schedule, its record, the curve."""
 
-    def __init__(self, settings: TruncationSettings):
-        self.settings = settings
-        self.report: guidance.Accounting | None = None
-        self._schedule: list[float] = []
-        self._first = self._stop = 0
+    def __init__(self, window: GuidanceWindow, node: str = "TruncatedCFG"):
+        super().__init__(WRAPPER_KEY)
+        self.settings = window
+        self.node = node
+        self.report: RunRecord | None = None  # the last run's record (a chain's runs add up)
+        self.on_finish = None  # optional callable(report_dict), e.g. to show it in the browser
+        self._prompt = self._chain_end = None
+        self._clear()
+
+    def _clear(self):
+        self.schedule: guidance.TruncationSchedule | None = None
+        self.record: RunRecord | None = None
+        self._cfg = self.settings.cfg
         self._curve_steps: set[int] = set()
         self._pending: list = []  # (step, sigma, tensor of 3 stats) until the run ends: no sync per step
-        self._sampled_src, self._sampled = None, []  # the sampler's sigmas (on the device) and their values
-        self.on_finish = None  # optional callable(report_dict), e.g. to show it in the browser
+        self._rows_seen = self._rows_asked = 0
+        self._warned_other = False
 
-    # -- run lifecycle --------------------------------------------------------------------
-    def begin(self, sigmas) -> None:
-        self._schedule = [float(s) for s in sigmas]
-        n = max(1, len(self._schedule) - 1)
+    # -- hook point ---------------------------------------------------------------------------
+    def is_tail(self, sigma: float) -> bool:
+        """True when an evaluation at ``sigma`` is in the unguided tail of the run under way."""
+        schedule = self.schedule
+        return self.active and schedule is not None and not schedule.is_guided(float(sigma))
+
+    # -- run lifecycle --------------------------------------------------------------------------
+    def begin(self, guider=None, sigmas=None, extra_args=None, noise=None) -> None:
+        import comfy.patcher_extension as pe
+
+        self._clear()
+        # read once per sampling call: on a GPU each read of a device tensor is a sync
+        values = sigmas.tolist() if hasattr(sigmas, "tolist") else [float(s) for s in sigmas]
+        if len(values) < 2:  # nothing to sample: the patch stays out of the way
+            return
+        self.schedule = self.settings.plan(values)
+        self.record = RunRecord(steps=self.schedule.steps)
+        cfg = getattr(guider, "cfg", None)
+        self._cfg = float(cfg) if isinstance(cfg, (int, float)) else self.settings.cfg
+        # our row counter innermost, in this run's copy of the options: it sees only real model calls
+        wrappers = ((extra_args or {}).get("model_options", {}).get("transformer_options", {}).get("wrappers", {})
+                    .get(pe.WrappersMP.DIFFUSION_MODEL))
+        if wrappers and self.key in wrappers:
+            wrappers[self.key] = wrappers.pop(self.key)
         s = self.settings
-        self._first, self._stop = guidance.window_steps(n, s.start, 1.0 if s.mode == MODE_ADAPTIVE else s.end)
-        self._curve_steps = set()
-        self._pending = []
-        self._sampled_src, self._sampled = None, []
-        self.report = guidance.Accounting(steps=n)
+        if s.units == UNITS_SIGMA and not self.schedule.guided_steps:
+            LOGGER.warning(
+                "%s: no sampled step has a noise level in the window [%g, %g] (sampled sigmas: %s), so this "
+                "run is not guided at all (expected for the low-noise sampler of a chain). To guide it, widen "
+                "sigma_low / sigma_high to include some of these sigmas.", self.node, s.sigma_low, s.sigma_high,
+                ", ".join(f"{v:.4g}" for v in values[:-1]))
 
-    def finish(self) -> None:
-        r = self.report
+    def finish(self, completed: bool = True) -> None:
+        r = self.record
         if r is None:
             return
-        self._flush_curve()
-        LOGGER.info(
-            "TruncatedCFG: %d steps, %d model evaluations, %d guided, %d conditional passes skipped, "
-            "%.1f%% of plain CFG's UNet work saved%s", r.steps, r.evaluations, r.guided, r.skipped_passes,
-            100 * r.saved_fraction, "" if r.stop_step is None else f", adaptive stop at step {r.stop_step}")
-        if self.on_finish is not None:
-            self.on_finish(r.as_dict())
-
-    # -- wrappers -------------------------------------------------------------------------
-    def sampler_sample_wrapper(self, executor, guider, sigmas, *args, **kwargs):
-        self.begin(sigmas)
         try:
-            return executor(guider, sigmas, *args, **kwargs)
+            self._flush_curve()
+            if self._rows_seen:
+                r.rows_computed = self._rows_seen
+            else:  # a model without DIFFUSION_MODEL wrappers: the rows handed to it
+                r.rows_computed = self._rows_asked
+            r.stop_step = self.schedule.adaptive_stop
+            LOGGER.info(
+                "TruncatedCFG: %d steps, %d model evaluations, %d guided, %d conditional passes skipped, "
+                "%.1f%% of plain CFG's UNet work saved%s%s", r.steps, r.evaluations, r.guided, r.skipped_passes,
+                100 * r.saved_fraction, "" if r.stop_step is None else f", adaptive stop at step {r.stop_step}",
+                f" ({r.note})" if r.note else "")
+            if not completed:
+                return
+            # a run that starts where the last one of this prompt ended continues it (chained samplers)
+            prompt, sigmas = _prompt_id(), self.schedule.sigmas
+            last = self._chain_end
+            if (self.report is not None and prompt is not None and prompt == self._prompt and last is not None
+                    and abs(sigmas[0] - last) <= guidance.SIGMA_RTOL * max(abs(last), 1e-12)):
+                self.report.extend(r)
+            else:
+                self.report = RunRecord(**{k: getattr(r, k) for k in r.__dataclass_fields__})
+            self._prompt, self._chain_end = prompt, sigmas[-1]
+            if self.on_finish is not None:
+                self.on_finish(self.report.as_dict())
         finally:
-            self.finish()
+            self.schedule = None
+            self._pending = []
+
+    # -- wrappers ---------------------------------------------------------------------------------
+    def diffusion_model_wrapper(self, executor, *args, **kwargs):
+        if self.active and args and hasattr(args[0], "shape"):
+            self._rows_seen += int(args[0].shape[0])
+        return executor(*args, **kwargs)
 
     def calc_cond_batch_wrapper(self, executor, model, conds, x_in, timestep, model_options):
-        report = self.report
-        if report is None:  # sampled through a path that skipped SAMPLER_SAMPLE: act as plain CFG
+        report = self.record
+        if report is None or self.schedule is None:  # sampled without SAMPLER_SAMPLE: plain CFG
             return executor(model, conds, x_in, timestep, model_options)
         rows = int(x_in.shape[0])
         report.evaluations += 1
-        active = [c is not None for c in conds]
-        if len(conds) != 2 or not all(active):
-            # cfg == 1 (ComfyUI already runs one pass) or a guider with other branches: untouched
-            report.rows_computed += rows * sum(active)
-            report.rows_full_cfg += rows * sum(active)
+        active = sum(c is not None for c in conds)
+        if len(conds) != 2 or active < 2:
+            report.rows_full_cfg += rows * active
+            self._rows_asked += rows * active
+            if len(conds) != 2:
+                report.other_guiders += 1
+                if not self._warned_other:
+                    self._warned_other = True
+                    LOGGER.warning("%s: this sampler's guider evaluates %d conditionings (DualCFGGuider, "
+                                   "PerpNegGuider...); truncated guidance applies to two-branch CFG only, so this "
+                                   "run is sampled exactly, with nothing skipped.", self.node, len(conds))
+            else:
+                report.single_pass += 1
             return executor(model, conds, x_in, timestep, model_options)
         report.rows_full_cfg += 2 * rows
-        schedule = self._schedule_from(model_options)
+        schedule = self.schedule
         sigma = float(timestep.flatten()[0])
-        step = guidance.step_of_sigma(sigma, schedule)
-        guided = self._first <= step < self._stop
-        if self.settings.mode == MODE_ADAPTIVE and report.stop_step is not None:
-            guided = guided and step < report.stop_step
-        if guided:
+        step = schedule.step_of(sigma)
+        if schedule.is_enabled(step):
             report.guided += 1
-            report.rows_computed += 2 * rows
+            self._rows_asked += 2 * rows
             out = executor(model, conds, x_in, timestep, model_options)
             self._measure(step, sigma, out, x_in)
             return out
-        keep = 1 if self.settings.tail == TAIL_UNCOND else 0
+        keep = self.settings.keep
         only = [None, None]
         only[keep] = conds[keep]
         out = executor(model, only, x_in, timestep, model_options)
         report.skipped_passes += 1
-        report.rows_computed += rows
+        self._rows_asked += rows
         return [out[keep], out[keep]]
 
-    # -- helpers ---------------------------------------------------------------------------
-    def _schedule_from(self, model_options) -> list[float]:
-        sigmas = model_options.get("transformer_options", {}).get("sample_sigmas")
-        if sigmas is None or len(sigmas) < 2:
-            return self._schedule
-        if sigmas is not self._sampled_src:  # read once per sampling call: on a GPU each read is a sync
-            self._sampled_src, self._sampled = sigmas, sigmas.tolist() if hasattr(sigmas, "tolist") else \
-                [float(s) for s in sigmas]
-        return self._sampled
-
+    # -- helpers ------------------------------------------------------------------------------------
     def _measure(self, step: int, sigma: float, out, x_in) -> None:
-        report = self.report
-        u, g, ratio = guidance.guidance_strength(out[0], out[1], x_in, self.settings.cfg)
+        u, g, ratio = guidance.guidance_strength(out[0], out[1], x_in, self._cfg)
         if step not in self._curve_steps:  # one point per step: its first evaluation
             self._curve_steps.add(step)
             # kept on the device and read once at the end: a read here would stall the GPU every step
             self._pending.append((step, sigma, torch.stack([u.mean(), g.mean(), ratio.mean()]).detach()))
-        if self.settings.mode == MODE_ADAPTIVE and report.stop_step is None:
-            if float(ratio.max()) < self.settings.threshold:  # every sample of the batch is below
-                report.stop_step = step + 1
+        if self.settings.mode == MODE_ADAPTIVE and self.schedule.adaptive_stop is None:
+            self.schedule.observe(step, float(ratio.max()))  # every sample of the batch must be below
 
     def _flush_curve(self) -> None:
-        """Read the curve's values off the device, once per run, into the report."""
+        """Read the curve's values off the device, once per run, into the record."""
         if not self._pending:
             return
         values = torch.stack([t for _, _, t in self._pending]).to("cpu", torch.float64).tolist()
         for (step, sigma, _), (u, g, ratio) in zip(self._pending, values):
-            self.report.curve.append({"step": step, "sigma": sigma, "rms_uncond": u, "rms_guidance": g,
+            self.record.curve.append({"step": step, "sigma": sigma, "rms_uncond": u, "rms_guidance": g,
                                       "ratio": ratio})
         self._pending = []
 
 
-def patch_model(model, settings: TruncationSettings):
-    """A clone of ``model`` with truncated guidance attached, and its controller."""
+def patch_model(model, window: GuidanceWindow, node: str = "TruncatedCFG"):
+    """A clone of ``model`` with truncated guidance attached, and its controller.
+
+    Applying it to a model that already has it replaces the earlier one (same keys): never stacks.
+    """
     import comfy.patcher_extension as pe
 
-    controller = TruncationController(settings)
-    patched = model.clone()
-    for kind, fn in ((pe.WrappersMP.SAMPLER_SAMPLE, controller.sampler_sample_wrapper),
-                     (pe.WrappersMP.CALC_COND_BATCH, controller.calc_cond_batch_wrapper)):
-        patched.remove_wrappers_with_key(kind, WRAPPER_KEY)  # applying twice replaces, never stacks
-        patched.add_wrapper_with_key(kind, WRAPPER_KEY, fn)
+    controller = TruncationController(window, node)
+    patched = controller.install(model, {pe.WrappersMP.CALC_COND_BATCH: controller.calc_cond_batch_wrapper,
+                                         pe.WrappersMP.DIFFUSION_MODEL: controller.diffusion_model_wrapper})
+
+    def is_tail(sigma: float) -> bool:  # a plain function: shared, not copied, by ModelPatcher.clone
+        return controller.is_tail(sigma)
+
+    patched.model_options.setdefault("transformer_options", {})[IS_TAIL_KEY] = is_tail
     return patched, controller
+

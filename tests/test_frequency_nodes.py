@@ -219,3 +219,31 @@ def test_a_requeued_run_reports_that_run(comfy, sd15_ckpt):
     g["7"]["inputs"]["seed"] = 8
     second = comfy.run(g, fresh_cache=False).ui["8"]["shapefirst_curves"][0]
     assert first["steps"] == 3 and second["steps"] == 5
+
+
+def test_an_interrupted_run_is_no_run_and_leaves_nothing_behind(comfy, sd15_ckpt):
+    import comfy.model_management as mm
+    import comfy.patcher_extension as pe
+    import nodes
+
+    r = comfy.run(graphs.base(sd15_ckpt), outputs=["1", "2", "3", "4"])
+    model, calls = r.output_value("1", 0).clone(), []
+
+    def interrupt_at_step_2(executor, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            mm.interrupt_current_processing(True)
+        return executor(*args, **kwargs)
+
+    model.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, "test.interrupt", interrupt_at_step_2)
+    traced, recorder = nodes.NODE_CLASS_MAPPINGS["FrequencyTrace"].execute(model).args
+    args = (1, 4, 7.0, "euler", "normal", r.output_value("2"), r.output_value("3"), r.output_value("4"))
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            nodes.common_ksampler(traced, *args)
+    finally:
+        mm.interrupt_current_processing(False)
+    assert recorder.runs_started == 1 and not recorder.active and not recorder.last_run_complete
+    assert recorder.run is None and recorder._model is None  # no half-recorded run, no model reference kept
+    with pytest.raises(Exception, match="FrequencyCurves: no finished sampling run was recorded"):
+        nodes.NODE_CLASS_MAPPINGS["FrequencyCurves"].execute(recorder, {"samples": torch.zeros(1, 4, 8, 8)})

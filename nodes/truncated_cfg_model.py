@@ -1,0 +1,59 @@
+"""TruncatedCFGModel: truncated guidance (the paper's eq. 9) as a MODEL patch for any sampler node.
+
+The same patch as the KSampler drop-in and the guider (truncated_cfg_patch.py); the guidance scale
+comes from the sampler the model is connected to. The accounting reaches this node in the browser
+through the same event the guider sends, and the log.
+"""
+
+from __future__ import annotations
+
+from ..shapefirst.guidance import UNITS_SIGMA
+from ._api import io
+from ._common import CATEGORY, as_validation
+from .truncated_cfg import check_model_range, send_report, window_from_inputs, window_inputs
+from .truncated_cfg_patch import patch_model
+
+MODEL_NODE = "TruncatedCFGModel"
+
+
+class TruncatedCFGModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=MODEL_NODE,
+            display_name="Truncated CFG (model patch)",
+            category=f"{CATEGORY}/guidance",
+            description=(
+                "Classifier-free guidance only in a window of the sampling (Yi et al., NeurIPS 2024, eq. 9), as a "
+                "MODEL patch: connect its output to any sampler node (KSampler, KSamplerAdvanced, SamplerCustom, "
+                "SamplerCustomAdvanced with CFGGuider), also beside EasyCache/LazyCache. Outside the window the "
+                "text-conditional pass is not computed at all. Use window_units 'sigma' for chained samplers "
+                "(high-noise then low-noise KSamplerAdvanced): the window is then the same noise range in both. "
+                "Guiders with more than two conditionings (DualCFGGuider, PerpNegGuider) are left exact. With cfg "
+                "1 there is only one pass per step, so nothing is skipped; the report says so."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The model to sample with. It is cloned, never modified."),
+                *window_inputs(),
+            ],
+            outputs=[io.Model.Output("patched_model", display_name="model",
+                                     tooltip="The same model with truncated guidance; connect it to your sampler. "
+                                             "The guidance scale is the sampler's cfg.")],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def validate_inputs(cls, guidance_start=None, guidance_end=None, tail=None, window=None, adaptive_threshold=None,
+                        window_units=None, sigma_low=None, sigma_high=None):
+        inputs = dict(locals())  # the window inputs by name
+        return as_validation(window_from_inputs, MODEL_NODE, None, inputs)
+
+    @classmethod
+    def execute(cls, model, **window) -> io.NodeOutput:
+        settings = window_from_inputs(MODEL_NODE, None, window)
+        if settings.units == UNITS_SIGMA:
+            check_model_range(MODEL_NODE, settings, model)
+        patched, controller = patch_model(model, settings, MODEL_NODE)
+        node_id = cls.hidden.unique_id if cls.hidden else None
+        controller.on_finish = lambda report: send_report(node_id, report)
+        return io.NodeOutput(patched)
