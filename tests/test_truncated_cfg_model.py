@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import graphs
-from harness import GraphError
+from devtools.harness import GraphError
 from test_truncated_cfg_nodes import WINDOW_ALL, _controlnet, _Eq9Reference, truncated
 
 pytestmark = pytest.mark.comfy
