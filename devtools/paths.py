@@ -21,5 +21,5 @@ UI_BASE = RUNTIME_DIR / "ui"  # base folder of the server started by ``demo.py -
 TEST_OUTPUT = Path(os.environ.get("SHAPEFIRST_TEST_OUTPUT", REPO / "test-output"))
 
 # Shipped workflows, in the folder name ComfyUI prefers (0.3.75 lists it too).
-WORKFLOWS = REPO / "example_workflows"
+WORKFLOWS = REPO / "workflows"
 DEV_REQUIREMENTS = REPO / "devtools" / "requirements-dev.txt"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerate example_workflows/ from devtools/workflows/specs/ (runs inside the ComfyUI runtime)."""
+"""Regenerate workflows/ from devtools/workflows/specs/ (runs inside the ComfyUI runtime)."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""Write the UI-format workflows under example_workflows/ from the descriptions in specs/.
+"""Write the UI-format workflows under workflows/ from the descriptions in specs/.
 
     python3 scripts/make_workflows.py
 
