@@ -182,6 +182,7 @@ class Sweep:
             if not todo:
                 return records
             self.images.mkdir(parents=True, exist_ok=True)
+            pure.drop_torn_tail(self.results)
             if not self.results.exists():
                 self.results.write_text(pure.record_line({"sweep": self.config}), encoding="utf-8")
             self.work = pure.WorkQueue(self.jobs, set(records))
@@ -252,7 +253,13 @@ class Sweep:
                     self.on_record(record, srv)
 
     async def _collect(self, http, srv: Server, flight: _Flight, pid: str) -> dict:
-        hist = (await srv.get_json(http, f"/history/{pid}"))[pid]
+        for _ in range(300):  # the websocket may announce success before the history entry is stored
+            hist = (await srv.get_json(http, f"/history/{pid}")).get(pid)
+            if hist is not None:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise ConnectionError(f"{srv.url} never stored the history of prompt {pid}")
         outputs = hist["outputs"]
         report = dict((outputs.get(SAMPLER_ID) or {}).get("shapefirst_guidance", [{}])[0])
         report.pop("curve", None)

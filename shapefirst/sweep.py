@@ -252,6 +252,15 @@ def load_results(path, config: dict) -> dict[str, dict]:
     return records
 
 
+def drop_torn_tail(path) -> None:
+    """Cut an unfinished last line (an interrupted write) so new records start on a fresh line."""
+    path = Path(path)
+    if path.exists():
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
 def record_line(obj: dict) -> str:
     return json.dumps(obj, sort_keys=True) + "\n"
 

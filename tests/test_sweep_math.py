@@ -85,6 +85,10 @@ def test_results_file_resume_ignores_a_torn_line_and_refuses_other_settings(tmp_
     with pytest.raises(sweep.SweepInputError, match="steps"):
         sweep.load_results(path, {"steps": 8})
     assert sweep.load_results(tmp_path / "none.jsonl", cfg) == {}
+    sweep.drop_torn_tail(path)
+    with open(path, "a") as f:
+        f.write(sweep.record_line({"key": "p0|a=2"}))
+    assert list(sweep.load_results(path, cfg)) == ["p0|a=0", "p0|a=2"]
 
 
 def test_l1_and_cosine_on_constructed_values():
