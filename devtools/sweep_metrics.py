@@ -44,7 +44,8 @@ class NodeClipVision:
         import nodes
         import torch
 
-        (out,) = nodes.CLIPVisionEncode().encode(self.clip_vision, torch.from_numpy(image)[None], "center")
+        with torch.inference_mode():  # as ComfyUI's executor runs every node
+            (out,) = nodes.CLIPVisionEncode().encode(self.clip_vision, torch.from_numpy(image)[None], "center")
         return out["image_embeds"][0].float().cpu().numpy()
 
 
@@ -88,6 +89,9 @@ class HFTextClip:
     def __init__(self, folder):
         from transformers import CLIPModel, CLIPProcessor
 
+        if not (Path(folder) / "config.json").is_file():
+            raise FileNotFoundError(f"--clip-hf {folder}: no config.json there; give a local transformers CLIP "
+                                    "folder (both towers, tokenizer and preprocessor files); nothing is downloaded")
         try:
             self.model = CLIPModel.from_pretrained(folder, local_files_only=True).eval()
             self.proc = CLIPProcessor.from_pretrained(folder, local_files_only=True)
