@@ -218,3 +218,28 @@ def test_a_server_killed_mid_sweep_still_completes(servers, sd15_ckpt, tmp_path)
     dead, alive = sweep.servers[1], sweep.servers[0]
     assert dead.dropped and not alive.dropped and dead.done == 1 and alive.done == 5
     assert sweep.work.requeued >= 1  # the job queued behind the finished one went to the other server
+
+
+def test_text_clipscore_from_a_local_transformers_folder(comfy, runtime_paths, tmp_path):
+    """A tiny random transformers CLIP saved to a folder: loaded with local_files_only, scored as 100 x cosine."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    tower = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
+    cfg = CLIPConfig(text_config={**tower, "max_position_embeddings": 77},
+                     vision_config={**tower, "image_size": 32, "patch_size": 8}, projection_dim=16)
+    folder = tmp_path / "tiny-clip"
+    model = CLIPModel(cfg).eval()
+    model.save_pretrained(folder)
+    CLIPTokenizer.from_pretrained(Path(runtime_paths["comfyui"]) / "comfy" / "sd1_tokenizer").save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+
+    scorer = metrics.HFTextClip(folder)
+    img = np.random.default_rng(1).random((64, 64, 3)).astype(np.float32)
+    got = scorer.score(img, "a blue bird")
+    with torch.no_grad():  # the reference: the same model's projected features, cosine by torch
+        inputs = scorer.proc(text=["a blue bird"], images=[(img * 255).round().astype(np.uint8)], return_tensors="pt")
+        out = model(**inputs)
+        cos = torch.nn.functional.cosine_similarity(out.image_embeds, out.text_embeds).item()
+    assert 0 <= got <= 100 and got == pytest.approx(100 * max(cos, 0.0), abs=1e-3)
