@@ -38,6 +38,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 PAPER = {("ddim", 0): 0.0, ("ddim", 10): 7.84, ("ddim", 20): 18.10, ("ddim", 30): 27.18, ("ddim", 40): 35.24,
          ("ddim", 50): 48.47, ("dpmpp_2m", 5): 8.36, ("dpmpp_2m", 10): 17.95, ("dpmpp_2m", 15): 26.11,
@@ -54,9 +55,16 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (default 1: on a small shared machine, threads that wait for each other "
                          "make single runs vary by tens of percent)")
-    ap.add_argument("--only", choices=["ddim", "dpmpp_2m", "overhead"], help="one section only")
+    ap.add_argument("--only", choices=["ddim", "dpmpp_2m", "overhead", "peers"], help="one section only")
+    ap.add_argument("--peers-only", action="store_true", help="the 'against other packs' section only")
+    ap.add_argument("--peers", metavar="DIR", help="folder of other node packs (e.g. ComfyUI_TGate) to load into "
+                                                  "this ComfyUI and compare at the same gate")
+    ap.add_argument("--gate", type=float, default=0.4, help="peers section: guided share of the schedule")
+    ap.add_argument("--peer-steps", type=int, default=25, help="peers section: DPM++ 2M steps")
     ap.add_argument("--pairs", type=int, default=8, help="paired runs for the overhead section (0: skip it)")
     args = ap.parse_args()
+    if args.peers_only:
+        args.only = "peers"
 
     import harness
 
@@ -163,6 +171,10 @@ def main() -> int:
               f"saved at the default window (a = {default_a}) = {s_def / (default_a / steps * pass_share):.1%} "
               f"of ideal (>= 95%); slowest ours/chained ratio "
               f"{max(ratio(a, 'ours', 'chained') for a in a_values):.3f} (<= 1 + noise)")
+    if args.only in (None, "peers"):
+        import truncated_cfg_peers
+
+        truncated_cfg_peers.run(args, model, pos, empty, latent, ckpt.name, sync, _median_interval)
     if args.pairs > 0 and args.only in (None, "overhead"):
         patch = importlib.import_module(truncated.__module__.rsplit(".", 1)[0] + ".truncated_cfg_patch")
         overhead(lambda: core("ddim", "ddim_uniform", 50), lambda: ours("ddim", "ddim_uniform", 50, 0),

@@ -28,7 +28,8 @@ from __future__ import annotations
 from ._common import KEY_PREFIX, LOGGER
 
 WRAPPER_KEY = f"{KEY_PREFIX}text_cache"
-_MARK = "_shapefirst_text_cache_previous"  # attribute on our forward: the forward it wrapped
+_MARK = "_shapefirst_text_cache_previous"
+_KV_ENTRIES = 8  # distinct text contexts per run (guided batch, tail batch, split or scheduled prompts)  # attribute on our forward: the forward it wrapped
 
 TOOLTIP = (
     "Text cache for the unguided tail (approximation). From the end of the guidance window on, each "
@@ -89,16 +90,22 @@ class TextCache:
         self.is_tail, self.family, self.layers = is_tail, family, layers
         self.active = False
         self._store: dict = {}  # (layer, branch, ordinal) -> tensor of that branch's rows
+        self._kv: dict = {}  # (layer, context number) -> (k, v): the text's keys and values
+        self._contexts: list = []  # the distinct text contexts of the run, numbered by position
+        self._ctx = None  # (context tensor, its number) during a model call
         self._call = None  # (reuse?, [(branch, ordinal) per batch chunk]) during a model call
         self.computed = self.reused = 0  # layer calls in the current/last run
 
     # -- run lifecycle ----------------------------------------------------------------------------
     def sampler_sample(self, executor, *args, **kwargs):
-        self._store, self._call, self.computed, self.reused, self.active = {}, None, 0, 0, True
+        self._store, self._kv, self._contexts, self._ctx, self._call = {}, {}, [], None, None
+        self.computed = self.reused = 0
+        self.active = True
         try:
             return executor(*args, **kwargs)
         finally:
-            self._store, self._call, self.active = {}, None, False  # nothing outlives the run
+            self._store, self._kv, self._contexts, self._ctx, self._call = {}, {}, [], None, None
+            self.active = False  # nothing outlives the run
             if self.reused:
                 LOGGER.info("TruncatedCFG text cache (%s): %d cross-attention calls reused, %d computed",
                             self.family, self.reused, self.computed)
@@ -113,24 +120,74 @@ class TextCache:
             keys.append((branch, seen.get(branch, 0)))
             seen[branch] = seen.get(branch, 0) + 1
         previous = self._call
-        self._call = (bool(self.is_tail(float(t.flatten()[0]))), keys)
+        self._call = (None if self.is_tail is None else bool(self.is_tail(float(t.flatten()[0]))), keys)
         try:
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
         finally:
             self._call = previous
 
+    def diffusion_model(self, executor, x, timesteps, context=None, *args, **kwargs):
+        """Give each distinct text context of the run a number, once per model call (one comparison)."""
+        if not self.active or context is None:
+            return executor(x, timesteps, context, *args, **kwargs)
+        found = None
+        for i, c in enumerate(self._contexts):
+            if c.shape == context.shape and c.dtype == context.dtype and c.device == context.device and \
+                    torch_equal(c, context):
+                found = i
+                break
+        if found is None and len(self._contexts) < _KV_ENTRIES:
+            found = len(self._contexts)
+            self._contexts.append(context)
+        previous, self._ctx = self._ctx, (context, found)
+        try:
+            return executor(x, timesteps, context, *args, **kwargs)
+        finally:
+            self._ctx = previous
+
+    # -- exact: the text's keys and values are computed once per distinct context ----------------
+    def cross_attention(self, module, layer: str, x, context=None, value=None, mask=None, transformer_options={}):
+        """CrossAttention.forward with to_k/to_v of a context already seen in this run reused.
+
+        Bit-identical: the projections are looked up only for the very context tensor the model call
+        received, which ``diffusion_model`` matched (shape, dtype and every value) to one seen before
+        in this run; they were computed by the same GEMM from an equal input.
+        """
+        if context is None or value is not None or mask is not None:
+            return type(module).forward(module, x, context, value, mask, transformer_options)
+        import comfy.ldm.modules.attention as attention
+
+        q = module.to_q(x)
+        current = self._ctx
+        if current is None or context is not current[0] or current[1] is None:
+            k, v = module.to_k(context), module.to_v(context)  # a context this run has not fixed: compute
+        else:
+            kv = self._kv.get((layer, current[1]))
+            if kv is None:
+                kv = self._kv[(layer, current[1])] = (module.to_k(context), module.to_v(context))
+            k, v = kv
+        out = attention.optimized_attention(q, k, v, module.heads, attn_precision=module.attn_precision,
+                                            transformer_options=transformer_options)
+        return module.to_out(out)
+
     # -- the layer patch (a closure: ComfyUI copies model_options on clone, object patches are shared)
     def make_forward(self, module, layer: str, previous=None):
         cache = self
 
+        exact_kv = previous is None and _is_core_cross_attention(module)
+
         def compute(x, *args, **kwargs):
             if previous is not None:
                 return previous(x, *args, **kwargs)
+            if exact_kv and not args and cache.active:
+                return cache.cross_attention(module, layer, x, **kwargs)
             return type(module).forward(module, x, *args, **kwargs)
 
         def forward(x, *args, **kwargs):
             call = cache._call
             if call is None:
+                return compute(x, *args, **kwargs)
+            if keys_none(call):
                 return compute(x, *args, **kwargs)
             reuse, keys = call
             rows, rest = divmod(int(x.shape[0]), len(keys))
@@ -154,6 +211,22 @@ class TextCache:
         return forward
 
 
+def keys_none(call) -> bool:
+    return call[0] is None  # no tail test: exact K/V reuse only
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
+def _is_core_cross_attention(module) -> bool:
+    from comfy.ldm.modules.attention import CrossAttention
+
+    return type(module).forward is CrossAttention.forward
+
+
 def torch_cat(parts):
     """A new tensor from the recorded parts (never the stored tensor: callers may add to it in place)."""
     import torch
@@ -166,22 +239,40 @@ def attach(model_patcher, is_tail) -> None:
 
     ``is_tail(sigma: float) -> bool`` says whether a model evaluation at that sigma is in the
     unguided tail of the current run. Applying twice replaces the earlier attachment. Raises
-    ValueError for models without a supported cross-attention (joint-attention DiTs).
+    ValueError for models without a supported cross-attention (joint-attention DiTs). Includes
+    ``attach_exact``'s reuse of the text keys and values.
     """
+    family, layers = cross_attention_layers(model_patcher)
+    _install(model_patcher, TextCache(is_tail, family, layers))
+
+
+def attach_exact(model_patcher) -> bool:
+    """Only the exact part, in place: each UNet cross-attention computes the keys and values of a
+    text context once per run instead of once per step (bit-identical outputs). Returns False, and
+    attaches nothing, for models it does not apply to (DiTs, joint attention)."""
+    try:
+        family, layers = cross_attention_layers(model_patcher)
+    except ValueError:
+        return False
+    if family != "UNet":
+        return False
+    _install(model_patcher, TextCache(None, family, layers))
+    return True
+
+
+def _install(model_patcher, cache: TextCache) -> None:
     import comfy.patcher_extension as pe
 
-    family, layers = cross_attention_layers(model_patcher)
     dm = model_patcher.get_model_object("diffusion_model")
-    cache = TextCache(is_tail, family, layers)
     for kind, fn in ((pe.WrappersMP.SAMPLER_SAMPLE, cache.sampler_sample),
-                     (pe.WrappersMP.APPLY_MODEL, cache.apply_model)):
+                     (pe.WrappersMP.APPLY_MODEL, cache.apply_model),
+                     (pe.WrappersMP.DIFFUSION_MODEL, cache.diffusion_model)):
         model_patcher.remove_wrappers_with_key(kind, WRAPPER_KEY)  # applying twice replaces, never stacks
         model_patcher.add_wrapper_with_key(kind, WRAPPER_KEY, fn)
-    for layer in layers:
+    for layer in cache.layers:
         name = f"diffusion_model.{layer}.forward"
         previous = model_patcher.object_patches.get(name)
         while previous is not None and hasattr(previous, _MARK):  # ours from an earlier attach: unwrap it
             previous = getattr(previous, _MARK)
         module = dm.get_submodule(layer)
         model_patcher.add_object_patch(name, cache.make_forward(module, layer, previous))
-    return None

@@ -203,3 +203,49 @@ def test_pixart_cross_attention_is_cached_in_the_tail(comfy):
     assert n_exact == blocks * (2 * k + (STEPS - k)) and n_cached == blocks * 2 * k
     drift = (cached - exact).abs().mean().item()
     assert 0 < drift < 0.1 * exact.abs().mean().item()
+
+
+@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m", "heun"])
+def test_the_exact_part_is_bit_identical_to_core_ksampler(sd15, sampler):
+    """Reusing the text keys/values of a fixed context: same bits as core KSampler, fewer to_k calls."""
+    import nodes
+
+    model, pos, neg, _ = sd15
+    attn2 = [m.attn2 for m in model.model.diffusion_model.modules() if getattr(m, "attn2", None) is not None]
+    latent = {"samples": torch.zeros(2, 4, 8, 8)}
+
+    def ksampler(m, calls):
+        hooks = [a.to_k.register_forward_hook(lambda *_: calls.append(1)) for a in attn2]
+        try:
+            return nodes.KSampler().sample(m, 5, 4, CFG, sampler, "normal", pos, neg, latent)[0]["samples"]
+        finally:
+            for h in hooks:
+                h.remove()
+
+    exact = model.clone()
+    assert _pack("text_cache").attach_exact(exact)
+    core_calls, ours_calls = [], []
+    core = ksampler(model, core_calls)
+    ours = ksampler(exact, ours_calls)
+    assert torch.equal(core, ours)
+    assert len(ours_calls) == len(attn2) and len(core_calls) > len(ours_calls)  # one context: once per layer
+    # with eq. 9, whose tail batch holds one branch only (another context shape): still the same bits
+    eq9 = _eq9(model)
+    both = _eq9(model)
+    _pack("text_cache").attach_exact(both)
+    assert torch.equal(ksampler(eq9, []), ksampler(both, []))
+
+
+def test_the_exact_part_recomputes_for_a_changed_context(sd15):
+    """Two prompts switched by timestep range: a changed context must not reuse the old projections."""
+    import nodes
+
+    model, pos, neg, other = sd15
+    ranged = (nodes.ConditioningSetTimestepRange().set_range(pos, 0.0, 0.5)[0]
+              + nodes.ConditioningSetTimestepRange().set_range(other, 0.5, 1.0)[0])
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    exact = model.clone()
+    _pack("text_cache").attach_exact(exact)
+    a = nodes.KSampler().sample(model, 2, 4, CFG, "euler", "normal", ranged, neg, latent)[0]["samples"]
+    b = nodes.KSampler().sample(exact, 2, 4, CFG, "euler", "normal", ranged, neg, latent)[0]["samples"]
+    assert torch.equal(a, b)
