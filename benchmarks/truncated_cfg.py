@@ -24,6 +24,11 @@ round, so it is measured twice more: ``--pairs`` back-to-back pairs core KSample
 in alternating order, giving the median of the per-pair ratios (wall clock and process CPU time);
 and the patch's own work (its per-evaluation bookkeeping and the guidance-strength curve), timed
 from inside one run as a share of that run's sampling time.
+
+``--peers-only`` (also part of the default run) compares, at one gate, ours exact, ours + the tail's
+text cache, the chained workaround, core EasyCache, ours on top of EasyCache and, with
+``--peers DIR`` (a folder of other node packs, e.g. ComfyUI_TGate), T-GATE; see
+benchmarks/truncated_cfg_peers.py.
 """
 
 from __future__ import annotations

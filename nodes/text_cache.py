@@ -21,6 +21,16 @@ work the same way. Joint-attention models (SD3, Flux, Chroma, Qwen-Image, Lumina
 HunyuanVideo, HiDream, OmniGen 2) have nothing to cache: text and image tokens share one softmax
 and the text tokens are themselves updated by every block from the image, so the text's share of a
 block's output cannot be kept without recomputing the attention; ``attach`` refuses them.
+A layer whose attention another pack replaces (``attn2`` replace patches) or whose forward another
+object patch took over is still wrapped, and computes through that code when it computes.
+When a run starts inside the tail (nothing recorded yet) a layer computes its first tail call and
+reuses that one.
+
+The exact part (``attach_exact``, and included in ``attach``): a UNet cross-attention computes its
+text keys and values (``to_k``/``to_v`` of the context) once per run and distinct context instead of
+at every step. The context of each model call is compared by value, once per call, with the ones
+seen in the run; a changed context (a prompt switched by timestep range) is computed afresh, and
+the outputs are bit-identical to the uncached layer's.
 """
 
 from __future__ import annotations
@@ -28,15 +38,15 @@ from __future__ import annotations
 from ._common import KEY_PREFIX, LOGGER
 
 WRAPPER_KEY = f"{KEY_PREFIX}text_cache"
-_MARK = "_shapefirst_text_cache_previous"
-_KV_ENTRIES = 8  # distinct text contexts per run (guided batch, tail batch, split or scheduled prompts)  # attribute on our forward: the forward it wrapped
+_MARK = "_shapefirst_text_cache_previous"  # attribute on our forward: the forward it wrapped
+_KV_ENTRIES = 8  # distinct text contexts per run (guided batch, tail batch, split or scheduled prompts)
 
 TOOLTIP = (
     "Text cache for the unguided tail (approximation). From the end of the guidance window on, each "
     "cross-attention layer reuses the output it gave for the kept branch at the last guided step instead "
     "of computing it again: the tail skips the cross-attention work as well as the second branch. The "
     "steps before the tail are unchanged (bit-identical); the tail differs slightly from exact eq. 9. "
-    "Off = exact. Works with SD1.x, SD2.x, SDXL, PixArt and Wan; not with joint-attention models "
+    "Off = exact eq. 9. Works with SD1.x, SD2.x, SDXL, PixArt and Wan; not with joint-attention models "
     "(SD3, Flux, Qwen-Image, Lumina), where the text cannot be separated from the image attention.")
 
 _JOINT = {  # module of the diffusion model's class -> family (joint text-image attention)
@@ -133,7 +143,7 @@ class TextCache:
         found = None
         for i, c in enumerate(self._contexts):
             if c.shape == context.shape and c.dtype == context.dtype and c.device == context.device and \
-                    torch_equal(c, context):
+                    _equal(c, context):
                 found = i
                 break
         if found is None and len(self._contexts) < _KV_ENTRIES:
@@ -173,7 +183,6 @@ class TextCache:
     # -- the layer patch (a closure: ComfyUI copies model_options on clone, object patches are shared)
     def make_forward(self, module, layer: str, previous=None):
         cache = self
-
         exact_kv = previous is None and _is_core_cross_attention(module)
 
         def compute(x, *args, **kwargs):
@@ -185,9 +194,7 @@ class TextCache:
 
         def forward(x, *args, **kwargs):
             call = cache._call
-            if call is None:
-                return compute(x, *args, **kwargs)
-            if keys_none(call):
+            if call is None or call[0] is None:  # outside a model call, or the exact part alone
                 return compute(x, *args, **kwargs)
             reuse, keys = call
             rows, rest = divmod(int(x.shape[0]), len(keys))
@@ -198,7 +205,7 @@ class TextCache:
                 want = (rows,) + tuple(x.shape[1:])
                 if all(f is not None and tuple(f.shape) == want and f.dtype == x.dtype for f in found):
                     cache.reused += 1
-                    return torch_cat(found)
+                    return _fresh(found)
             out = compute(x, *args, **kwargs)
             cache.computed += 1
             if tuple(out.shape) == tuple(x.shape):  # batch-first output with the query's shape
@@ -211,11 +218,7 @@ class TextCache:
         return forward
 
 
-def keys_none(call) -> bool:
-    return call[0] is None  # no tail test: exact K/V reuse only
-
-
-def torch_equal(a, b) -> bool:
+def _equal(a, b) -> bool:
     import torch
 
     return bool(torch.equal(a, b))
@@ -227,7 +230,7 @@ def _is_core_cross_attention(module) -> bool:
     return type(module).forward is CrossAttention.forward
 
 
-def torch_cat(parts):
+def _fresh(parts):
     """A new tensor from the recorded parts (never the stored tensor: callers may add to it in place)."""
     import torch
 
