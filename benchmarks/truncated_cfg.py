@@ -24,6 +24,11 @@ round, so it is measured twice more: ``--pairs`` back-to-back pairs core KSample
 in alternating order, giving the median of the per-pair ratios (wall clock and process CPU time);
 and the patch's own work (its per-evaluation bookkeeping and the guidance-strength curve), timed
 from inside one run as a share of that run's sampling time.
+
+``--peers-only`` (also part of the default run) compares, at one gate, ours exact, ours + the tail's
+text cache, the chained workaround, core EasyCache, ours on top of EasyCache and, with
+``--peers DIR`` (a folder of other node packs, e.g. ComfyUI_TGate), T-GATE; see
+benchmarks/truncated_cfg_peers.py.
 """
 
 from __future__ import annotations
@@ -56,9 +61,16 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (default 1: on a small shared machine, threads that wait for each other "
                          "make single runs vary by tens of percent)")
-    ap.add_argument("--only", choices=["ddim", "dpmpp_2m", "overhead"], help="one section only")
+    ap.add_argument("--only", choices=["ddim", "dpmpp_2m", "overhead", "peers"], help="one section only")
+    ap.add_argument("--peers-only", action="store_true", help="the 'against other packs' section only")
+    ap.add_argument("--peers", metavar="DIR", help="folder of other node packs (e.g. ComfyUI_TGate) to load into "
+                                                  "this ComfyUI and compare at the same gate")
+    ap.add_argument("--gate", type=float, default=0.4, help="peers section: guided share of the schedule")
+    ap.add_argument("--peer-steps", type=int, default=25, help="peers section: DPM++ 2M steps")
     ap.add_argument("--pairs", type=int, default=8, help="paired runs for the overhead section (0: skip it)")
     args = ap.parse_args()
+    if args.peers_only:
+        args.only = "peers"
 
     boot.quiet_logs()
     kind = "sd15_full" if args.full else "sd15"
@@ -160,6 +172,10 @@ def main() -> int:
               f"saved at the default window (a = {default_a}) = {s_def / (default_a / steps * pass_share):.1%} "
               f"of ideal (>= 95%); slowest ours/chained ratio "
               f"{max(ratio(a, 'ours', 'chained') for a in a_values):.3f} (<= 1 + noise)")
+    if args.only in (None, "peers"):
+        import truncated_cfg_peers
+
+        truncated_cfg_peers.run(args, model, pos, empty, latent, ckpt.name, sync, _median_interval)
     if args.pairs > 0 and args.only in (None, "overhead"):
         patch = importlib.import_module(truncated.__module__.rsplit(".", 1)[0] + ".truncated_cfg_patch")
         overhead(lambda: core("ddim", "ddim_uniform", 50), lambda: ours("ddim", "ddim_uniform", 50, 0),

@@ -1,0 +1,251 @@
+"""Tier 2: the tail's text cache (nodes/text_cache.py) on real loaded models, sampled by core samplers.
+
+The patched model is built here the way the truncation nodes build it: truncated guidance
+(eq. 9) attached to a clone of a loaded MODEL, then the cache attached to that clone with an
+``is_tail`` computed in the test from the run's own sigmas. Cross-attention work is counted
+with forward hooks on each layer's query projection, which runs only when a layer computes.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.comfy
+
+STEPS, END, CFG, SEED = 6, 0.5, 6.0, 3
+
+
+def _pack(name: str):
+    import nodes
+
+    base = nodes.NODE_CLASS_MAPPINGS["TruncatedCFGSampler"].__module__.rsplit(".", 1)[0]
+    return importlib.import_module(f"{base}.{name}")
+
+
+@pytest.fixture(scope="module")
+def sd15(comfy, sd15_ckpt):
+    import nodes
+
+    model, clip = nodes.CheckpointLoaderSimple().load_checkpoint(sd15_ckpt)[:2]
+    encode = lambda text: nodes.CLIPTextEncode().encode(clip, text)[0]  # noqa: E731
+    return model, encode("a red cube on a table"), encode(""), encode("a blue sphere in the sky")
+
+
+def _sigmas(model, steps=STEPS):
+    import comfy.samplers
+
+    return comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", steps).tolist()
+
+
+def _tail_from(sigmas, first_tail_step):
+    """is_tail for one run: the evaluations at sigmas at or below the first tail step's sigma."""
+    edge = sigmas[first_tail_step]
+    return lambda sigma: sigma <= edge * (1 + 1e-6)
+
+
+def _eq9(model, tail="uncond", end=END):
+    patch = _pack("truncated_cfg_patch")
+    return patch.patch_model(model, patch.TruncationSettings(end=end, tail=tail, cfg=CFG))[0]
+
+
+def _cached(model, tail="uncond", end=END, steps=STEPS):
+    m = _eq9(model, tail, end)
+    _pack("text_cache").attach(m, _tail_from(_sigmas(model, steps), int(steps * end)))
+    return m
+
+
+def _sample(model, pos, neg, steps=STEPS, sampler="euler", seed=SEED):
+    """Core sampling; returns the final latent and the prediction (denoised) of every step."""
+    import comfy.sample
+
+    latent = torch.zeros(1, 4, 8, 8)
+    noise = comfy.sample.prepare_noise(latent, seed)
+    preds = []
+    out = comfy.sample.sample(model, noise, steps, CFG, sampler, "normal", pos, neg, latent, seed=seed,
+                              callback=lambda i, x0, x, n: preds.append(x0.clone()), disable_pbar=True)
+    return out, preds
+
+
+def _count_per_step(model, pos, neg):
+    """attn2 computations per sampling step (euler: one evaluation per step)."""
+    import comfy.patcher_extension as pe
+
+    counts = []
+    m = model.clone()
+
+    def per_eval(executor, *args, **kwargs):
+        counts.append(0)
+        return executor(*args, **kwargs)
+
+    m.add_wrapper_with_key(pe.WrappersMP.CALC_COND_BATCH, "test.count", per_eval)
+    attn2 = [mod.attn2 for mod in m.model.diffusion_model.modules() if getattr(mod, "attn2", None) is not None]
+    hooks = [a.to_q.register_forward_hook(lambda *_: counts.__setitem__(-1, counts[-1] + 1)) for a in attn2]
+    try:
+        out, preds = _sample(m, pos, neg)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert attn2
+    return counts, len(attn2), out, preds
+
+
+@pytest.mark.parametrize("tail", ["uncond", "cond"])
+def test_the_cache_acts_only_in_the_tail_and_the_steps_before_are_bit_identical(sd15, tail):
+    model, pos, neg, _ = sd15
+    k = int(STEPS * END)
+    exact_counts, layers, exact, exact_preds = _count_per_step(_eq9(model, tail), pos, neg)
+    counts, _, cached, preds = _count_per_step(_cached(model, tail), pos, neg)
+    # eq. 9 computes every layer once per step (both branches in one batch, then the kept branch)
+    assert exact_counts == [layers] * STEPS
+    assert counts == [layers] * k + [0] * (STEPS - k), counts
+    for i in range(k):  # before the tail: bit-identical to exact eq. 9
+        assert torch.equal(preds[i], exact_preds[i]), i
+    for i in range(k, STEPS):  # in the tail: it acted
+        assert not torch.equal(preds[i], exact_preds[i]), i
+    # ... by a small bounded amount, next to what the tail itself changes (eq. 9 vs plain CFG)
+    core, _ = _sample(model, pos, neg)
+    drift = (cached - exact).abs().mean().item()
+    tail_effect = (exact - core).abs().mean().item()
+    print(f"text cache drift {drift:.5f}, eq. 9 vs CFG {tail_effect:.5f}")
+    assert 0 < drift < 0.25 * tail_effect
+
+
+def test_applying_twice_replaces_and_the_users_model_is_untouched(sd15):
+    import comfy.patcher_extension as pe
+
+    model, pos, neg, _ = sd15
+    cache = _pack("text_cache")
+    once = _cached(model)
+    twice = _cached(model)
+    cache.attach(twice, _tail_from(_sigmas(model), int(STEPS * END)))
+    for kind in (pe.WrappersMP.SAMPLER_SAMPLE, pe.WrappersMP.APPLY_MODEL):
+        assert len(twice.get_wrappers(kind, cache.WRAPPER_KEY)) == 1
+    assert once.object_patches.keys() == twice.object_patches.keys()
+    assert not model.object_patches and not model.get_wrappers(pe.WrappersMP.APPLY_MODEL, cache.WRAPPER_KEY)
+    counts_once, _, a, _ = _count_per_step(once, pos, neg)
+    counts_twice, _, b, _ = _count_per_step(twice, pos, neg)
+    assert counts_once == counts_twice and torch.equal(a, b)
+
+
+def test_no_state_leaks_into_the_next_run(sd15):
+    model, pos, neg, other = sd15
+    m = _cached(model)
+    _sample(m, pos, neg)
+    second, _ = _sample(m, other, neg, seed=SEED + 1)  # another prompt on the same patched model
+    fresh, _ = _sample(_cached(model), other, neg, seed=SEED + 1)
+    assert torch.equal(second, fresh)
+    # and the plain model samples exactly as before (object patches restored after the run)
+    before, _ = _sample(model, pos, neg)
+    _sample(m, pos, neg)
+    after, _ = _sample(model, pos, neg)
+    assert torch.equal(before, after)
+
+
+def test_joint_attention_models_are_refused_with_the_fix(comfy):
+    import comfy.model_patcher as mp
+    import comfy.supported_models as sm
+
+    config = sm.Flux({"image_model": "flux", "guidance_embed": False, "in_channels": 16, "out_channels": 16,
+                      "vec_in_dim": 32, "context_in_dim": 32, "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2,
+                      "depth": 1, "depth_single_blocks": 1, "axes_dim": [8, 12, 12], "theta": 10000,
+                      "patch_size": 2, "qkv_bias": True})
+    config.set_inference_dtype(torch.float32, None)
+    flux = mp.ModelPatcher(config.get_model({}), load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    m = flux.clone()
+    with pytest.raises(ValueError, match=r"^Truncated CFG: text_cache is not available for Flux \(joint attention: "
+                                         r".*\); set text_cache to off$"):
+        _pack("text_cache").attach(m, lambda sigma: False)
+    assert not m.object_patches
+
+
+def test_pixart_cross_attention_is_cached_in_the_tail(comfy):
+    import comfy.model_patcher as mp
+    import comfy.sample
+    import comfy.supported_models as sm
+
+    config = sm.PixArtAlpha({"image_model": "pixart_alpha", "hidden_size": 64, "depth": 2, "num_heads": 4,
+                             "patch_size": 2, "in_channels": 4, "caption_channels": 32, "model_max_length": 120,
+                             "micro_condition": False})
+    config.set_inference_dtype(torch.float32, None)
+    net = config.get_model({})
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in net.diffusion_model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    pixart = mp.ModelPatcher(net, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    pos = [[torch.randn(1, 12, 32, generator=g), {}]]
+    neg = [[torch.randn(1, 5, 32, generator=g), {}]]
+    latent = torch.zeros(1, 4, 48, 48)
+    noise = torch.randn(latent.shape, generator=g)
+    k = int(STEPS * END)
+
+    def run(m):
+        calls = []
+        hooks = [b.cross_attn.q_linear.register_forward_hook(lambda *_: calls.append(1))
+                 for b in net.diffusion_model.blocks]
+        try:
+            out = comfy.sample.sample(m, noise, STEPS, CFG, "euler", "normal", pos, neg, latent, seed=1,
+                                      disable_pbar=True)
+        finally:
+            for h in hooks:
+                h.remove()
+        return out, len(calls)
+
+    exact, n_exact = run(_eq9(pixart))
+    m = _eq9(pixart)
+    _pack("text_cache").attach(m, _tail_from(_sigmas(pixart), k))
+    cached, n_cached = run(m)
+    # cond and uncond have different lengths: separate calls while guided, one call in the tail
+    blocks = len(net.diffusion_model.blocks)
+    assert n_exact == blocks * (2 * k + (STEPS - k)) and n_cached == blocks * 2 * k
+    drift = (cached - exact).abs().mean().item()
+    assert 0 < drift < 0.1 * exact.abs().mean().item()
+
+
+@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m", "heun"])
+def test_the_exact_part_is_bit_identical_to_core_ksampler(sd15, sampler):
+    """Reusing the text keys/values of a fixed context: same bits as core KSampler, fewer to_k calls."""
+    import nodes
+
+    model, pos, neg, _ = sd15
+    attn2 = [m.attn2 for m in model.model.diffusion_model.modules() if getattr(m, "attn2", None) is not None]
+    latent = {"samples": torch.zeros(2, 4, 8, 8)}
+
+    def ksampler(m, calls):
+        hooks = [a.to_k.register_forward_hook(lambda *_: calls.append(1)) for a in attn2]
+        try:
+            return nodes.KSampler().sample(m, 5, 4, CFG, sampler, "normal", pos, neg, latent)[0]["samples"]
+        finally:
+            for h in hooks:
+                h.remove()
+
+    exact = model.clone()
+    assert _pack("text_cache").attach_exact(exact)
+    core_calls, ours_calls = [], []
+    core = ksampler(model, core_calls)
+    ours = ksampler(exact, ours_calls)
+    assert torch.equal(core, ours)
+    assert len(ours_calls) == len(attn2) and len(core_calls) > len(ours_calls)  # one context: once per layer
+    # with eq. 9, whose tail batch holds one branch only (another context shape): still the same bits
+    eq9 = _eq9(model)
+    both = _eq9(model)
+    _pack("text_cache").attach_exact(both)
+    assert torch.equal(ksampler(eq9, []), ksampler(both, []))
+
+
+def test_the_exact_part_recomputes_for_a_changed_context(sd15):
+    """Two prompts switched by timestep range: a changed context must not reuse the old projections."""
+    import nodes
+
+    model, pos, neg, other = sd15
+    ranged = (nodes.ConditioningSetTimestepRange().set_range(pos, 0.0, 0.5)[0]
+              + nodes.ConditioningSetTimestepRange().set_range(other, 0.5, 1.0)[0])
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    exact = model.clone()
+    _pack("text_cache").attach_exact(exact)
+    a = nodes.KSampler().sample(model, 2, 4, CFG, "euler", "normal", ranged, neg, latent)[0]["samples"]
+    b = nodes.KSampler().sample(exact, 2, 4, CFG, "euler", "normal", ranged, neg, latent)[0]["samples"]
+    assert torch.equal(a, b)
