@@ -60,10 +60,9 @@ def run(args, model, pos, empty, latent, ckpt_name, sync, median_interval) -> No
         return ksampler.sample(m, 1, steps, cfg, SAMPLER, SCHEDULER, positive, empty, latent)[0]["samples"]
 
     def ours(text=False, source=None):
-        m, controller = patch.patch_model(source or model, patch.TruncationSettings(end=k / steps, cfg=CFG))
+        m, controller = patch.patch_model(source or model, patch.GuidanceWindow(end=k / steps, cfg=CFG))
         if text:
-            is_tail = getattr(controller, "is_tail", None) or (lambda s: s <= edge * (1 + 1e-6))
-            text_cache.attach(m, is_tail)
+            text_cache.attach(m, controller.is_tail)
         return sample(m)
 
     def chained():

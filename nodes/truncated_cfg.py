@@ -66,6 +66,43 @@ def window_inputs() -> list:
     ]
 
 
+TEXT_CACHE_OFF, TEXT_CACHE_KV, TEXT_CACHE_TAIL = "off", "keys_values", "tail_output"
+TEXT_CACHE_TOOLTIP = (
+    "Less work per step on UNet models (SD1.x, SD2.x, SDXL). 'off' (default): exact eq. 9. 'keys_values': "
+    "each cross-attention layer projects a prompt's keys and values once per run instead of once per step "
+    "(the prompt does not change between steps): exact, bit-identical results, UNets only. 'tail_output' "
+    "(an approximation, in the manner of T-GATE): also, in the unguided tail, each cross-attention layer "
+    "reuses the output it gave for the kept branch at the last guided step instead of computing it; the "
+    "steps before the tail are unchanged, the tail differs slightly from exact eq. 9. Works with SD1.x, "
+    "SD2.x, SDXL, PixArt and Wan; refused for joint-attention models (SD3, Flux, Qwen-Image, Lumina), where "
+    "the text is not a separate branch of the attention.")
+
+
+def text_cache_input():
+    return io.Combo.Input("text_cache", options=[TEXT_CACHE_OFF, TEXT_CACHE_KV, TEXT_CACHE_TAIL],
+                          default=TEXT_CACHE_OFF, optional=True, tooltip=TEXT_CACHE_TOOLTIP)
+
+
+def attach_text_cache(node: str, patched, controller, mode) -> None:
+    """Attach the chosen text cache to the patched clone; a model it cannot serve is refused with the fix."""
+    if mode in (None, TEXT_CACHE_OFF):
+        return
+    from . import text_cache
+
+    if mode == TEXT_CACHE_KV:
+        if not text_cache.attach_exact(patched):
+            raise ShapeFirstInputError(node, "text_cache 'keys_values' applies to UNet models (SD1.x, SD2.x, SDXL) "
+                                             "only; this model has no such cross-attention. Set text_cache to 'off'.")
+        return
+    if mode != TEXT_CACHE_TAIL:
+        raise ShapeFirstInputError(node, f"text_cache must be one of {TEXT_CACHE_OFF}, {TEXT_CACHE_KV}, "
+                                         f"{TEXT_CACHE_TAIL} (got {mode!r}).")
+    try:
+        text_cache.attach(patched, controller.is_tail)
+    except ValueError as exc:
+        raise ShapeFirstInputError(node, str(exc)) from None
+
+
 def make_window(node: str, cfg, start, end, tail, window, threshold, units=UNITS_STEPS, sigma_low=SIGMA_LOW_DEFAULT,
                 sigma_high=SIGMA_HIGH_DEFAULT, steps=None) -> GuidanceWindow:
     """The validated window; a bad value raises ShapeFirstInputError naming ``node``, the input and the fix."""
@@ -161,6 +198,7 @@ class TruncatedCFGSampler(io.ComfyNode):
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Amount of denoising; the window is a fraction of the steps actually sampled."),
                 *window_inputs(),
+                text_cache_input(),
             ],
             outputs=[io.Latent.Output(tooltip="The denoised latent.")],
         )
@@ -173,12 +211,13 @@ class TruncatedCFGSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
-                denoise=1.0, **window) -> io.NodeOutput:
+                denoise=1.0, text_cache=TEXT_CACHE_OFF, **window) -> io.NodeOutput:
         import nodes as comfy_nodes  # ComfyUI's top-level nodes.py (this package is imported relatively)
 
         settings = window_from_inputs(SAMPLER_NODE, cfg, window, steps)
         check_model_range(SAMPLER_NODE, settings, model)
         patched, controller = patch_model(model, settings, SAMPLER_NODE)
+        attach_text_cache(SAMPLER_NODE, patched, controller, text_cache)
         (latent,) = comfy_nodes.common_ksampler(patched, seed, steps, cfg, sampler_name, scheduler, positive,
                                                 negative, latent_image, denoise=denoise)
         report = controller.report.as_dict() if controller.report else {}
@@ -206,6 +245,7 @@ class TruncatedCFGGuider(io.ComfyNode):
                 io.Float.Input("cfg", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="Classifier-free guidance scale w inside the window."),
                 *window_inputs(),
+                text_cache_input(),
             ],
             outputs=[io.Guider.Output(tooltip="Connect to SamplerCustomAdvanced.")],
             hidden=[io.Hidden.unique_id],
@@ -218,12 +258,13 @@ class TruncatedCFGGuider(io.ComfyNode):
         return as_validation(window_from_inputs, GUIDER_NODE, cfg, inputs)
 
     @classmethod
-    def execute(cls, model, positive, negative, cfg, **window) -> io.NodeOutput:
+    def execute(cls, model, positive, negative, cfg, text_cache=TEXT_CACHE_OFF, **window) -> io.NodeOutput:
         import comfy.samplers
 
         settings = window_from_inputs(GUIDER_NODE, cfg, window)
         check_model_range(GUIDER_NODE, settings, model)
         patched, controller = patch_model(model, settings, GUIDER_NODE)
+        attach_text_cache(GUIDER_NODE, patched, controller, text_cache)
         node_id = cls.hidden.unique_id if cls.hidden else None
         controller.on_finish = lambda report: send_report(node_id, report)
         guider = comfy.samplers.CFGGuider(patched)

@@ -10,7 +10,8 @@ from __future__ import annotations
 from ..shapefirst.guidance import UNITS_SIGMA
 from ._api import io
 from ._common import CATEGORY, as_validation
-from .truncated_cfg import check_model_range, send_report, window_from_inputs, window_inputs
+from .truncated_cfg import (TEXT_CACHE_OFF, attach_text_cache, check_model_range, send_report, text_cache_input,
+                            window_from_inputs, window_inputs)
 from .truncated_cfg_patch import patch_model
 
 MODEL_NODE = "TruncatedCFGModel"
@@ -35,6 +36,7 @@ class TruncatedCFGModel(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The model to sample with. It is cloned, never modified."),
                 *window_inputs(),
+                text_cache_input(),
             ],
             outputs=[io.Model.Output("patched_model", display_name="model",
                                      tooltip="The same model with truncated guidance; connect it to your sampler. "
@@ -49,11 +51,12 @@ class TruncatedCFGModel(io.ComfyNode):
         return as_validation(window_from_inputs, MODEL_NODE, None, inputs)
 
     @classmethod
-    def execute(cls, model, **window) -> io.NodeOutput:
+    def execute(cls, model, text_cache=TEXT_CACHE_OFF, **window) -> io.NodeOutput:
         settings = window_from_inputs(MODEL_NODE, None, window)
         if settings.units == UNITS_SIGMA:
             check_model_range(MODEL_NODE, settings, model)
         patched, controller = patch_model(model, settings, MODEL_NODE)
+        attach_text_cache(MODEL_NODE, patched, controller, text_cache)
         node_id = cls.hidden.unique_id if cls.hidden else None
         controller.on_finish = lambda report: send_report(node_id, report)
         return io.NodeOutput(patched)

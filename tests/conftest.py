@@ -21,6 +21,9 @@ if REPO not in sys.path:
 
 from devtools import paths  # noqa: E402
 
+# fixtures of the tiny model families (SD3, Wan, ...): tests/families_fixtures.py
+pytest_plugins = ["families_fixtures"]
+
 
 @pytest.fixture(scope="session")
 def runtime_paths() -> dict:

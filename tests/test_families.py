@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest_plugins = ["families_fixtures"]
 pytestmark = pytest.mark.comfy
 
 WINDOW_ALL = {"guidance_start": 0.0, "guidance_end": 1.0, "tail": "uncond", "window": "fixed",

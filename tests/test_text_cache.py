@@ -48,7 +48,7 @@ def _tail_from(sigmas, first_tail_step):
 
 def _eq9(model, tail="uncond", end=END):
     patch = _pack("truncated_cfg_patch")
-    return patch.patch_model(model, patch.TruncationSettings(end=end, tail=tail, cfg=CFG))[0]
+    return patch.patch_model(model, patch.GuidanceWindow(end=end, tail=tail, cfg=CFG))[0]
 
 
 def _cached(model, tail="uncond", end=END, steps=STEPS):
@@ -249,3 +249,44 @@ def test_the_exact_part_recomputes_for_a_changed_context(sd15):
     a = nodes.KSampler().sample(model, 2, 4, CFG, "euler", "normal", ranged, neg, latent)[0]["samples"]
     b = nodes.KSampler().sample(exact, 2, 4, CFG, "euler", "normal", ranged, neg, latent)[0]["samples"]
     assert torch.equal(a, b)
+
+
+# -- the text_cache input of the truncation nodes, through the executor ------------------------------------
+
+
+def _sampler_graph(ckpt, text_cache, end=END, steps=STEPS):
+    import graphs
+    from test_truncated_cfg_nodes import truncated
+
+    g = graphs.base(ckpt, prompt="a red cube on a table")
+    window = {"guidance_start": 0.0, "guidance_end": end, "tail": "uncond", "window": "fixed",
+              "adaptive_threshold": 0.1, "text_cache": text_cache}
+    g["5"] = truncated(("1", 0), ("4", 0), window=window, steps=steps, cfg=CFG)
+    return g
+
+
+def test_keys_values_option_is_bit_identical_to_off(comfy, sd15_ckpt):
+    off = comfy.run(_sampler_graph(sd15_ckpt, "off"), outputs=["5"]).output_value("5")["samples"]
+    kv = comfy.run(_sampler_graph(sd15_ckpt, "keys_values"), outputs=["5"]).output_value("5")["samples"]
+    assert torch.equal(off, kv)
+
+
+def test_tail_output_option_acts_only_in_the_tail_and_stays_close(comfy, sd15_ckpt):
+    off = comfy.run(_sampler_graph(sd15_ckpt, "off"), outputs=["5"]).output_value("5")["samples"]
+    cached = comfy.run(_sampler_graph(sd15_ckpt, "tail_output"), outputs=["5"]).output_value("5")["samples"]
+    full = comfy.run(_sampler_graph(sd15_ckpt, "off", end=1.0), outputs=["5"]).output_value("5")["samples"]
+    drift, eq9_effect = (cached - off).abs().max(), (full - off).abs().max()
+    assert 0 < drift < eq9_effect  # an approximation of eq. 9, closer to it than eq. 9 is to plain CFG
+
+
+def test_tail_output_on_a_joint_attention_model_is_refused_naming_the_fix(comfy, family_files):
+    import nodes as comfy_nodes
+
+    sd3 = comfy_nodes.UNETLoader().load_unet(family_files["sd3"], "default")[0]
+    truncated_model = comfy_nodes.NODE_CLASS_MAPPINGS["TruncatedCFGModel"]
+    with pytest.raises(ValueError) as err:
+        truncated_model.execute(sd3, text_cache="tail_output")
+    message = str(err.value)
+    assert "TruncatedCFGModel" in message and "text_cache" in message and "off" in message
+    with pytest.raises(ValueError, match="keys_values"):
+        truncated_model.execute(sd3, text_cache="keys_values")
