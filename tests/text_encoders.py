@@ -2,13 +2,13 @@
 tokenizers, real model code) with seeded random weights: SD3 (clip_l + clip_g + T5-XXL) and Flux
 (clip_l + T5-XXL). Widths stay real (768 / 1280 / 4096, so the conditioning layout is the
 family's); depth and MLP width shrink through ComfyUI's ``<name>_model_config`` options. CLIP
-encoders keep two layers because SD3 / SDXL read the penultimate one."""
+encoders keep three layers: SD3 reads layer -2, which ComfyUI only allows with more than two."""
 
 from __future__ import annotations
 
 import torch
 
-CLIP_CONFIG = {"num_hidden_layers": 2, "intermediate_size": 64}
+CLIP_CONFIG = {"num_hidden_layers": 3, "intermediate_size": 64}
 T5_CONFIG = {"num_layers": 1, "d_ff": 64, "num_heads": 2, "d_kv": 16}
 
 
