@@ -1,5 +1,6 @@
 """Helpers shared by Attention Map View and Attention Map Compare: checking that a capture holds
-the run that produced the connected images, token labels from CLIP (nodes._clip_tokens), selections (shapefirst.selection)."""
+the run that produced the connected images, token labels from CLIP (nodes._clip_tokens),
+selections (shapefirst.selection)."""
 
 from __future__ import annotations
 

@@ -3,13 +3,13 @@ per-token-class compositions (Yi et al., NeurIPS 2024, Section 5.1 and Appendice
 
 Prompts A and B are tokenized and encoded exactly as CLIPTextEncode does (weights and
 embeddings included); the output rows are then taken position by position from A, B, zeros or
-noise following shapefirst.compose. Keys-only / Values-only swaps store the Values context in
-the conditioning under a namespaced key for EOSSwapKVPatch (nodes/kv_swap.py).
+noise following shapefirst.compose, per text encoder with its own roles (shapefirst.swap; the
+encoders, their rows and pooled vectors per family come from nodes/_clip_tokens). Keys-only /
+Values-only swaps store the Values context in the conditioning under a namespaced key for
+EOSSwapKVPatch (nodes/kv_swap.py).
 """
 
 from __future__ import annotations
-
-import torch
 
 from ..shapefirst import compose as cmp
 from ..shapefirst import swap
@@ -66,17 +66,18 @@ def _encode(clip, tokens, which: str):
 
 
 class _Prompt(swap.EncodedPrompt):
-    """One prompt tokenized and encoded like CLIPTextEncode, with its roles per encoder."""
+    """One prompt tokenized like CLIPTextEncode, with its roles per encoder; :meth:`encode` adds its rows."""
 
     def __init__(self, clip, spec: ct.ClipSpec, text: str, which: str, repeats: int = 1):
-        tokens = ct.tokenize(clip, text)
+        self.clip, self.spec, self.which = clip, spec, which
+        self.tokens = ct.tokenize(clip, text)
         roles = {}
         for enc in spec.encoders:
             try:
-                roles[enc.key] = prompt_roles(tokens[enc.key], enc.info)
+                roles[enc.key] = prompt_roles(self.tokens[enc.key], enc.info)
                 if repeats > 1:
-                    tokens[enc.key] = repeat_semantic(tokens[enc.key], repeats, enc.info)
-                    roles[enc.key] = prompt_roles(tokens[enc.key], enc.info)
+                    self.tokens[enc.key] = repeat_semantic(self.tokens[enc.key], repeats, enc.info)
+                    roles[enc.key] = prompt_roles(self.tokens[enc.key], enc.info)
             except TokenLayoutError as exc:
                 if enc.info.templated:
                     raise _err(f"{which} does not follow the {spec.kind} chat template ({exc}); type the prompt "
@@ -84,15 +85,18 @@ class _Prompt(swap.EncodedPrompt):
                                "family's template as CLIP Text Encode does.") from None
                 raise _err(f"{which} leaves no [EOS] slot with sem_repeats = {repeats}: {exc}. Lower sem_repeats "
                            "or shorten prompt A.") from None
-        cond, self.extras = _encode(clip, tokens, which)
-        super().__init__({e.key: swap.row_entries(e, tokens[e.key]) for e in spec.encoders},
-                         {e.key: swap.row_roles(e, roles[e.key]) for e in spec.encoders},
-                         cond, self.extras.get("pooled_output"))
+        super().__init__({e.key: swap.row_entries(e, self.tokens[e.key]) for e in spec.encoders},
+                         {e.key: swap.row_roles(e, roles[e.key]) for e in spec.encoders}, None)
+
+    def encode(self) -> "_Prompt":
+        self.cond, self.extras = _encode(self.clip, self.tokens, self.which)
+        self.pooled = self.extras.get("pooled_output")
         try:
-            swap.locate(spec.encoders, self)
+            swap.locate(self.spec.encoders, self)
         except TokenLayoutError as exc:
-            raise _err(f"{which}: {exc}; this {spec.kind} CLIP lays out its conditioning in a way this node does "
-                       "not know. Use the family's own CLIP loader.") from None
+            raise _err(f"{self.which}: {exc}; this {self.spec.kind} CLIP lays out its conditioning in a way this node "
+                       "does not know. Use the family's own CLIP loader.") from None
+        return self
 
 
 def check_window(start, end) -> str | None:
@@ -149,6 +153,7 @@ def build(clip, prompt_a, prompt_b, sos_from="A", sem_from="A", eos_from="B", pa
     a = _Prompt(clip, spec, str(prompt_a or ""), "prompt A", sem_repeats)
     b = _Prompt(clip_b if clip_b is not None else clip, spec_b, str(prompt_b or ""), "prompt B")
     _check_prompts(a, b, layout_kind, sources)
+    a.encode(), b.encode()
     try:
         composed, reference, plans = swap.compose_all(
             spec.encoders, a, b, layout_kind, sources, padding_is_eos, noise_seed, chosen,
@@ -172,7 +177,7 @@ def build(clip, prompt_a, prompt_b, sos_from="A", sem_from="A", eos_from="B", pa
         extras["start_percent"], extras["end_percent"] = start_percent, end_percent
     conditioning = [[cond, extras]]
     if windowed:  # A's own encoding outside the window, as core ConditioningSetTimestepRange + Combine
-        plain = a if sem_repeats == 1 else _Prompt(clip, spec, str(prompt_a), "prompt A")
+        plain = a if sem_repeats == 1 else _Prompt(clip, spec, str(prompt_a), "prompt A").encode()
         for lo, hi in ((0.0, start_percent), (end_percent, 1.0)):
             if hi > lo:
                 conditioning.append([plain.cond, dict(plain.extras, start_percent=lo, end_percent=hi)])

@@ -1,8 +1,9 @@
 """Reduced-size text encoders of the modern families, built from ComfyUI's own classes (real
-tokenizers, real model code) with seeded random weights: SD3 (clip_l + clip_g + T5-XXL) and Flux
-(clip_l + T5-XXL). Widths stay real (768 / 1280 / 4096, so the conditioning layout is the
-family's); depth and MLP width shrink through ComfyUI's ``<name>_model_config`` options. CLIP
-encoders keep three layers: SD3 reads layer -2, which ComfyUI only allows with more than two."""
+tokenizers, real model code) with seeded random weights: SD3 (clip_l + clip_g + T5-XXL), Flux
+(clip_l + T5-XXL) and Z-Image (Qwen3 with its chat template). CLIP and T5 widths stay real (768 /
+1280 / 4096, so the conditioning layout is the family's); depth and MLP width shrink through
+ComfyUI's ``<name>_model_config`` options. CLIP encoders keep three layers: SD3 reads layer -2,
+which ComfyUI only allows with more than two."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ T5_CONFIG = {"num_layers": 1, "d_ff": 64, "num_heads": 2, "d_kv": 16}
 
 
 def _constants(model) -> tuple[str, ...]:
-    """Parameters no torch layer initialises: norms' weights, CLIP's projection and scale."""
+    """Parameters no torch layer initialises: norms' weights (T5, RMSNorm), CLIP's projection and scale."""
     return tuple(n for n, _ in model.named_parameters()
-                 if n.endswith("layer_norm.weight") or n.endswith("logit_scale") or n.endswith("text_projection"))
+                 if n.endswith("norm.weight") or n.endswith("logit_scale") or n.endswith("text_projection"))
 
 
 def _build(clip_class, tokenizer_class, seed: int, **options):
@@ -34,7 +35,7 @@ def _build(clip_class, tokenizer_class, seed: int, **options):
     checkpoints.init_default(model, seed, constants=_constants(model))
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("layer_norm.weight"):
+            if name.endswith("norm.weight"):
                 p.fill_(1.0)
             elif name.endswith("text_projection"):
                 p.copy_(torch.eye(p.shape[0], p.shape[1]))
@@ -46,6 +47,16 @@ def sd3(clip_l: bool = True, clip_g: bool = True, t5: bool = True, seed: int = 1
     import comfy.text_encoders.sd3_clip as sd3_clip
 
     return _build(sd3_clip.sd3_clip(clip_l=clip_l, clip_g=clip_g, t5=t5), sd3_clip.SD3Tokenizer, seed)
+
+
+def z_image(seed: int = 13):
+    """Z-Image's CLIP: Qwen3 rows of the templated prompt. The 151936-token vocabulary stays (the
+    real tokenizer's ids), so the width shrinks to 64 to keep the embedding small."""
+    import comfy.text_encoders.z_image as z
+
+    config = {"hidden_size": 64, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 2,
+              "num_key_value_heads": 1}
+    return _build(z.te(), z.ZImageTokenizer, seed, qwen3_4b_model_config=config)
 
 
 def flux(seed: int = 12):
