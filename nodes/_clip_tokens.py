@@ -37,7 +37,6 @@ class ScheduledClipError(ValueError):
 class ClipSpec:
     kind: str
     encoders: tuple[EncoderLayout, ...]
-    known: bool = True
 
     @property
     def row_encoders(self) -> tuple[EncoderLayout, ...]:
@@ -45,10 +44,10 @@ class ClipSpec:
 
     @property
     def has_start(self) -> bool:
-        """Every encoder with rows has a [SOS] and there is one segment (Appendix E's layouts)."""
+        """Every encoder with rows has a [SOS] and fixed-length chunks, in one segment (Appendix E's layouts)."""
         rows = self.row_encoders
-        return all(e.info.start is not None and not e.info.templated for e in rows) and \
-            len({e.segment for e in rows}) == 1
+        return all(e.info.start is not None and e.info.max_length is not None and not e.info.templated
+                   for e in rows) and len({e.segment for e in rows}) == 1
 
     @property
     def signature(self) -> tuple:
@@ -177,7 +176,7 @@ def _generic_spec(tokenizer) -> ClipSpec:
                 and hasattr(sub, "tokenize_with_weights"):
             width = int(getattr(sub, "embedding_size", 0) or 0)
             enc = EncoderLayout(key, attr, _info(sub), 0, (0, width), None, inv_vocab=sub.inv_vocab or {})
-            return ClipSpec(f"unknown ({name})", (enc,), known=False)
+            return ClipSpec(f"unknown ({name})", (enc,))
     raise UnknownClipError(f"{name} (no sub-tokenizer with a vocabulary)")
 
 
