@@ -1,20 +1,27 @@
-"""What ShapeFirst needs to know about a ComfyUI CLIP: its tokenizers' special tokens, which
-channels of the conditioning each text encoder fills, and encoding exactly as CLIPTextEncode.
+"""The one place that looks inside a ComfyUI CLIP: its family, each text encoder's special
+tokens and chat template, where each encoder's rows and pooled vector lie in the conditioning,
+and encoding exactly as CLIPTextEncode.
 
-Only CLIP types whose conditioning layout is known are accepted (matched by exact tokenizer
-class, since many unrelated tokenizers subclass SD1Tokenizer):
+Families are matched by exact tokenizer class (many unrelated tokenizers subclass SD1Tokenizer):
 
-* SD1.x: clip_l, 768 channels, pads with [EOS];
-* SD2.x: OpenCLIP ViT-H ("h"), 1024 channels, pads with token 0;
-* SDXL: clip_l (768) then clip_g (1280) concatenated on channels; pooled output from clip_g;
-* SDXL refiner / Stable Cascade: clip_g alone;
-* PixArt: T5-XXL (4096), no [SOS], one unbounded chunk, no padding unless a minimum length is set.
+* SD1.x: clip_l (768), pads with [EOS]; SD2.x: OpenCLIP-H ("h", 1024), pads with token 0;
+* SDXL: clip_l (768) and clip_g (1280) side by side on channels; pooled from clip_g;
+  SDXL refiner / Stable Cascade: clip_g alone;
+* PixArt: T5-XXL, no [SOS], one unbounded chunk; Wan: umT5-XXL, the same roles;
+* SD3: rows [clip_l | clip_g | zeros to 4096] then T5-XXL's rows; pooled [clip_l | clip_g];
+* Flux: T5-XXL's rows; pooled from clip_l alone (clip_l gives no rows);
+* Qwen-Image (Qwen2.5-VL) and Z-Image (Qwen3): a chat template around the prompt; Qwen-Image cuts
+  the template's prefix from the rows. Lumina 2 (Gemma): [SOS] (BOS) then the prompt, no end token.
+
+Other tokenizers get a generic description (:func:`clip_spec` with ``strict=False``) good for
+token labels: the first sub-tokenizer with a vocabulary, its start / end / pad tokens.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..shapefirst.swap import EncoderLayout
 from ..shapefirst.tokens import TokenizerInfo
 
 
@@ -22,81 +29,155 @@ class UnknownClipError(ValueError):
     pass
 
 
-@dataclass(frozen=True)
-class EncoderSpec:
-    key: str  # key in clip.tokenize(...) output: "l", "g", "h", "t5xxl"
-    name: str  # readable: "clip_l"
-    info: TokenizerInfo
-    start: int  # first channel of this encoder in the conditioning tensor
-    stop: int
-    inv_vocab: dict
-
-    @property
-    def channels(self) -> slice:
-        return slice(self.start, self.stop)
+class ScheduledClipError(ValueError):
+    pass
 
 
 @dataclass(frozen=True)
 class ClipSpec:
     kind: str
-    encoders: tuple[EncoderSpec, ...]
+    encoders: tuple[EncoderLayout, ...]
 
     @property
-    def channels(self) -> int:
-        return self.encoders[-1].stop
+    def row_encoders(self) -> tuple[EncoderLayout, ...]:
+        return tuple(e for e in self.encoders if e.has_rows)
 
     @property
     def has_start(self) -> bool:
-        return all(e.info.start is not None for e in self.encoders)
+        """Every encoder with rows has a [SOS] and fixed-length chunks, in one segment (Appendix E's layouts)."""
+        rows = self.row_encoders
+        return all(e.info.start is not None and e.info.max_length is not None and not e.info.templated
+                   for e in rows) and len({e.segment for e in rows}) == 1
+
+    @property
+    def signature(self) -> tuple:
+        return self.kind, tuple((e.key, e.segment, e.channels, e.pooled) for e in self.encoders)
+
+    def names(self) -> list[str]:
+        return [e.name for e in self.encoders]
 
 
-def _known_types() -> dict[type, tuple[str, tuple[str, ...]]]:
-    """Tokenizer class -> (kind, keys in channel order)."""
-    import comfy.sd1_clip
-    import comfy.sdxl_clip
-    import comfy.text_encoders.pixart_t5
-    import comfy.text_encoders.sd2_clip
+# (key, attribute of the tokenizer, attribute of cond_stage_model, segment, channel start, pooled start)
+_E = tuple
+
+
+def _families() -> dict[type, tuple[str, tuple[_E, ...], str | None]]:
+    """Tokenizer class -> (kind, encoders, template attribute); keys in channel order."""
+    import comfy.sd1_clip as sd1
+    import comfy.sdxl_clip as sdxl
+    import comfy.text_encoders.flux as flux
+    import comfy.text_encoders.lumina2 as lumina2
+    import comfy.text_encoders.pixart_t5 as pixart
+    import comfy.text_encoders.qwen_image as qwen_image
+    import comfy.text_encoders.sd2_clip as sd2
+    import comfy.text_encoders.sd3_clip as sd3
+    import comfy.text_encoders.wan as wan
+    import comfy.text_encoders.z_image as z_image
 
     return {
-        comfy.sd1_clip.SD1Tokenizer: ("SD1.x", ()),  # key read from the instance: "l" (or "g")
-        comfy.text_encoders.sd2_clip.SD2Tokenizer: ("SD2.x", ("h",)),
-        comfy.sdxl_clip.SDXLTokenizer: ("SDXL", ("l", "g")),
-        comfy.sdxl_clip.StableCascadeTokenizer: ("Stable Cascade / SDXL refiner", ("g",)),
-        comfy.text_encoders.pixart_t5.PixArtTokenizer: ("PixArt (T5-XXL)", ("t5xxl",)),
+        sd1.SD1Tokenizer: ("SD1.x", (), None),  # key read from the instance: "l" (or "g")
+        sd2.SD2Tokenizer: ("SD2.x", (("h", "clip_h", None, 0, 0, 0),), None),
+        sdxl.SDXLTokenizer: ("SDXL", (("l", "clip_l", "clip_l", 0, 0, None), ("g", "clip_g", "clip_g", 0, 768, 0)), None),
+        sdxl.StableCascadeTokenizer: ("Stable Cascade / SDXL refiner", (("g", "clip_g", None, 0, 0, 0),), None),
+        pixart.PixArtTokenizer: ("PixArt (T5-XXL)", (("t5xxl", "t5xxl", None, 0, 0, None),), None),
+        wan.WanT5Tokenizer: ("Wan (umT5-XXL)", (("umt5xxl", "clip_umt5xxl", None, 0, 0, None),), None),
+        sd3.SD3Tokenizer: ("SD3", (("l", "clip_l", "clip_l", 0, 0, 0), ("g", "clip_g", "clip_g", 0, 768, 768),
+                                   ("t5xxl", "t5xxl", "t5xxl", 1, 0, None)), None),
+        flux.FluxTokenizer: ("Flux", (("l", "clip_l", None, None, None, 0), ("t5xxl", "t5xxl", None, 0, 0, None)), None),
+        qwen_image.QwenImageTokenizer: ("Qwen-Image (Qwen2.5-VL)",
+                                        (("qwen25_7b", "qwen25_7b", None, 0, 0, None),), "llama_template"),
+        z_image.ZImageTokenizer: ("Z-Image (Qwen3)", (("qwen3_4b", "qwen3_4b", None, 0, 0, None),), "llama_template"),
+        lumina2.LuminaTokenizer: ("Lumina 2 (Gemma 2)", (("gemma2_2b", "gemma2_2b", None, 0, 0, None),), None),
     }
 
 
-def _sub_tokenizer(tokenizer, key: str):
-    for name in (f"clip_{key}", key):
-        sub = getattr(tokenizer, name, None)
+# Families whose text encoder cuts the template's prefix from its rows.
+_DROPS_PREFIX = {"Qwen-Image (Qwen2.5-VL)"}
+
+
+def _template_ids(sub, template: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Token ids of the template's text before and after '{}', tokenized as the family does."""
+    before, after = template.split("{}", 1)
+
+    def ids(text):
+        if not text:
+            return ()
+        out = sub.tokenize_with_weights(text, disable_weights=True)
+        return tuple(int(t[0]) for chunk in out for t in chunk if int(t[0]) != int(sub.pad_token))
+
+    return ids(before), ids(after)
+
+
+def _info(sub, template=None) -> TokenizerInfo:
+    max_length = getattr(sub, "max_length", None)
+    chunked = bool(getattr(sub, "pad_to_max_length", True)) and max_length is not None and max_length < 10_000
+    start = sub.start_token if getattr(sub, "tokens_start", 1) else None
+    pad = getattr(sub, "pad_token", None)
+    pad = sub.end_token if pad is None else pad
+    prefix, suffix = _template_ids(sub, template) if template else ((), ())
+    return TokenizerInfo(start=start, end=sub.end_token, pad=int(pad) if pad is not None else -1,
+                         max_length=int(max_length) if chunked else None, prefix=prefix, suffix=suffix)
+
+
+def _sub_tokenizer(tokenizer, key: str, attr: str):
+    for name in (attr, f"clip_{key}", key, getattr(tokenizer, "clip", None)):
+        sub = getattr(tokenizer, name, None) if isinstance(name, str) else None
         if sub is not None and hasattr(sub, "tokenize_with_weights"):
-            return name, sub
-    raise UnknownClipError(f"no sub-tokenizer for {key!r}")
+            return sub
+    raise UnknownClipError(f"{type(tokenizer).__name__} has no sub-tokenizer for {key!r}")
 
 
-def clip_spec(clip) -> ClipSpec:
-    """The layout of ``clip``'s conditioning, or UnknownClipError naming the tokenizer."""
+def _present(clip, attr: str | None) -> bool:
+    """False when the CLIP model has the slot but holds no encoder in it (SD3 without T5)."""
+    if attr is None:
+        return True
+    model = getattr(clip, "cond_stage_model", None)
+    return model is None or not hasattr(model, attr) or getattr(model, attr) is not None
+
+
+def clip_spec(clip, strict: bool = True) -> ClipSpec:
+    """The layout of ``clip``'s conditioning. Unknown tokenizer classes raise UnknownClipError
+    when ``strict``, else get a generic single-encoder description (labels and roles only)."""
     tokenizer = getattr(clip, "tokenizer", None)
-    known = _known_types()
-    entry = known.get(type(tokenizer))
+    entry = _families().get(type(tokenizer))
     if entry is None:
-        raise UnknownClipError(type(tokenizer).__name__)
-    kind, keys = entry
-    if not keys:  # SD1Tokenizer: one encoder, named by the instance
-        keys = (tokenizer.clip_name,)
-        if keys[0] == "g":
+        if strict:
+            raise UnknownClipError(type(tokenizer).__name__)
+        return _generic_spec(tokenizer)
+    kind, defs, template_attr = entry
+    if not defs:  # SD1Tokenizer: one encoder, named by the instance
+        defs = ((tokenizer.clip_name, tokenizer.clip, None, 0, 0, 0),)
+        if tokenizer.clip_name == "g":
             kind = "SDXL refiner (clip_g)"
-    encoders, start = [], 0
-    for key in keys:
-        name, sub = _sub_tokenizer(tokenizer, key)
-        max_length = getattr(sub, "max_length", None)
-        chunked = bool(getattr(sub, "pad_to_max_length", True)) and max_length is not None and max_length < 10_000
-        info = TokenizerInfo(start=sub.start_token, end=sub.end_token, pad=int(sub.pad_token),
-                             max_length=int(max_length) if chunked else None)
+    template = getattr(tokenizer, template_attr, None) if template_attr else None
+    encoders = []
+    for key, attr, model_attr, segment, channel, pooled in defs:
+        if not _present(clip, model_attr):
+            continue
+        sub = _sub_tokenizer(tokenizer, key, attr)
         width = int(sub.embedding_size)
-        encoders.append(EncoderSpec(key, name, info, start, start + width, getattr(sub, "inv_vocab", {}) or {}))
-        start += width
+        encoders.append(EncoderLayout(
+            key, f"clip_{key}" if key in ("l", "g", "h") else key, _info(sub, template), segment,
+            None if channel is None else (channel, channel + width), None if pooled is None else (pooled, pooled + width),
+            drop_prefix=kind in _DROPS_PREFIX, inv_vocab=getattr(sub, "inv_vocab", {}) or {}))
     return ClipSpec(kind, tuple(encoders))
+
+
+def _generic_spec(tokenizer) -> ClipSpec:
+    name = type(tokenizer).__name__
+    candidates = []
+    clip_attr = getattr(tokenizer, "clip", None)
+    if isinstance(clip_attr, str):
+        candidates.append((getattr(tokenizer, "clip_name", clip_attr), clip_attr))
+    candidates += [(k[5:] if k.startswith("clip_") else k, k) for k in vars(tokenizer or object())]
+    for key, attr in candidates:
+        sub = getattr(tokenizer, attr, None)
+        if sub is not None and hasattr(sub, "inv_vocab") and hasattr(sub, "end_token") \
+                and hasattr(sub, "tokenize_with_weights"):
+            width = int(getattr(sub, "embedding_size", 0) or 0)
+            enc = EncoderLayout(key, attr, _info(sub), 0, (0, width), None, inv_vocab=sub.inv_vocab or {})
+            return ClipSpec(f"unknown ({name})", (enc,))
+    raise UnknownClipError(f"{name} (no sub-tokenizer with a vocabulary)")
 
 
 def tokenize(clip, text: str) -> dict:
@@ -106,10 +187,6 @@ def tokenize(clip, text: str) -> dict:
 
 def without_word_ids(tokens: dict) -> dict:
     return {k: [[(e[0], e[1]) for e in chunk] for chunk in chunks] for k, chunks in tokens.items()}
-
-
-class ScheduledClipError(ValueError):
-    pass
 
 
 def encode(clip, tokens: dict):

@@ -8,13 +8,12 @@ prompts, two conditionings, a swap and no swap).
 
 from __future__ import annotations
 
-import csv
-import io as _io
-
 from ..shapefirst import chart, metrics
 from ..shapefirst.attention import BRANCH_NAMES
+from ..shapefirst.records import kl_csv, to_json
 from ._api import io
-from ._common import CATEGORY, LOGGER, ShapeFirstInputError, save_text_files, to_json
+from ._common import CATEGORY, LOGGER, ShapeFirstInputError
+from ._files import save_text_files
 from .attention_capture import AttentionCaptureType
 from .attention_common import check_run
 
@@ -46,15 +45,6 @@ def compare_runs(run_a, run_b, branch: int, index: int) -> dict:
     pb = run_b.stacked(branch, index)[[run_b.steps(branch).index(s) for s in common]]
     return {"steps": common, "kl_a_b": metrics.kl_per_step(pa, pb), "kl_b_a": metrics.kl_per_step(pb, pa),
             "sigmas_a": [run_a.sigmas[s] for s in common], "sigmas_b": [run_b.sigmas[s] for s in common]}
-
-
-def compare_csv(data: dict) -> str:
-    buf = _io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["step", "kl_a_b", "kl_b_a"])
-    for s, x, y in zip(data["steps"], data["kl_a_b"], data["kl_b_a"]):
-        w.writerow([s, f"{x:.6g}", f"{y:.6g}"])
-    return buf.getvalue()
 
 
 class AttentionMapCompare(io.ComfyNode):
@@ -101,7 +91,7 @@ class AttentionMapCompare(io.ComfyNode):
         data = dict(compare_runs(run_a, run_b, b, batch_index), node=COMPARE_NODE,
                     branch=BRANCH_NAMES[b], batch_index=batch_index)
         files = save_text_files(filename_prefix, "shapefirst/attention_kl",
-                                {"json": to_json(data), "csv": compare_csv(data)})
+                                {"json": to_json(data), "csv": kl_csv(data)})
         panel = chart.Panel("Fig. 16: KL divergence of attention maps", [
             chart.Series("KL(A || B)", data["kl_a_b"]), chart.Series("KL(B || A)", data["kl_b_a"], dashed=True)],
             x_label=f"recorded step ({data['steps'][0]}..{data['steps'][-1]})")

@@ -5,64 +5,26 @@
   (Fig. 3);
 * shape convergence: F1 of the Canny edges of each token's map against the final image's, per
   step and relative to the last step (Fig. 1b);
-* raw maps (safetensors) and metrics (JSON, CSV) under ComfyUI's output folder; the maps as a
+* raw maps (safetensors) and metrics (JSON, CSV; contents from shapefirst.records) under ComfyUI's
+  output folder; the maps as a
   sprite in the temp folder for the token selector and step slider drawn by js/attention_view.js.
 """
 
 from __future__ import annotations
 
-import csv
-import io as _io
-import json
-
 import torch
 
 from ..shapefirst import chart, heatmaps, metrics
-from ..shapefirst.attention import BRANCH_NAMES, AttentionRun
+from ..shapefirst.records import raw_maps_file, to_json, view_metrics_csv
 from ..shapefirst.tokens import ROLES, SEM
 from ._api import io
-from ._common import CATEGORY, LOGGER, ShapeFirstInputError, save_text_files, to_json
+from ._common import CATEGORY, LOGGER, ShapeFirstInputError
+from ._files import save_temp_png, save_text_files
 from .attention_capture import AttentionCaptureType
-from .attention_common import (check_prompt_length, check_run, prompt_tokens, save_temp_png, select_steps,
-                               select_tokens)
+from .attention_common import check_prompt_length, check_run, prompt_tokens, select_steps, select_tokens
 
 VIEW_NODE = "AttentionMapView"
 SPRITE_MAX_CELLS = 4096  # tokens x steps sent to the browser
-
-
-def raw_maps_file(run: AttentionRun, labels: list[str], roles: list[str]) -> bytes:
-    """Every recorded branch of ``run`` as safetensors bytes (float16 maps, float32 means)."""
-    import safetensors.torch
-
-    tensors = {}
-    for branch in run.branches():
-        name = BRANCH_NAMES.get(branch, str(branch))
-        steps = run.steps(branch)
-        tensors[f"{name}.steps"] = torch.tensor(steps, dtype=torch.int64)
-        tensors[f"{name}.sigmas"] = torch.tensor([run.sigmas[s] for s in steps], dtype=torch.float32)
-        tensors[f"{name}.maps"] = torch.stack([run.maps[branch][s] for s in steps]).contiguous()
-        tensors[f"{name}.token_means"] = torch.stack([run.token_means[branch][s] for s in steps]).contiguous()
-        for layer in run.layer_names:
-            per_step = [run.layers.get(branch, {}).get(s, {}).get(layer) for s in steps]
-            if all(t is not None for t in per_step):
-                tensors[f"{name}.layer.{layer}"] = torch.stack(per_step).contiguous()
-    meta = {"shapefirst": json.dumps({
-        "layout": "maps: (steps, images, tokens, grid_h, grid_w); token_means: (steps, images, tokens)",
-        "labels": labels, "roles": roles, "grid": list(run.grid or ()), "latent": list(run.latent_hw),
-        "layers": run.layer_names, "total_steps": run.total_steps})}
-    return safetensors.torch.save(tensors, metadata=meta)
-
-
-def metrics_csv(steps, sigmas, shares: dict, f1_mean, f1_rel) -> str:
-    buf = _io.StringIO()
-    w = csv.writer(buf)
-    classes = [c for c in ROLES if c in shares]
-    w.writerow(["step", "sigma"] + [f"share_{c}" for c in classes] + ["edge_f1_mean", "edge_f1_relative"])
-    for k, s in enumerate(steps):
-        rel = f1_rel[k]
-        w.writerow([s, f"{sigmas[k]:.6g}"] + [f"{shares[c][k]:.6g}" for c in classes]
-                   + [f"{f1_mean[k]:.6g}", "" if rel is None else f"{rel:.6g}"])
-    return buf.getvalue()
 
 
 def view_chart(steps, shares: dict, f1_mean, f1_rel):
@@ -184,7 +146,7 @@ class AttentionMapView(io.ComfyNode):
         }
         files = save_text_files(filename_prefix, "shapefirst/attention", {
             "safetensors": raw_maps_file(run, labels, roles), "json": to_json(data),
-            "csv": metrics_csv(recorded, sigmas, shares, f1_mean, f1_rel)})
+            "csv": view_metrics_csv(recorded, sigmas, shares, f1_mean, f1_rel)})
         ui = dict(data, files=files, **cls._browser_maps(image, maps, picked, recorded))
         progress.update(1)
         LOGGER.info("%s: %d steps x %d tokens, files %s", VIEW_NODE, len(recorded), len(picked),

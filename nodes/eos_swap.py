@@ -3,17 +3,17 @@ per-token-class compositions (Yi et al., NeurIPS 2024, Section 5.1 and Appendice
 
 Prompts A and B are tokenized and encoded exactly as CLIPTextEncode does (weights and
 embeddings included); the output rows are then taken position by position from A, B, zeros or
-noise following shapefirst.compose. Keys-only / Values-only swaps store the Values context in
-the conditioning under a namespaced key for EOSSwapKVPatch (nodes/kv_swap.py).
+noise following shapefirst.compose, per text encoder with its own roles (shapefirst.swap; the
+encoders, their rows and pooled vectors per family come from nodes/_clip_tokens). Keys-only /
+Values-only swaps store the Values context in the conditioning under a namespaced key for
+EOSSwapKVPatch (nodes/kv_swap.py).
 """
 
 from __future__ import annotations
 
-import torch
-
 from ..shapefirst import compose as cmp
-from ..shapefirst.tokens import EOS, PAD, ROLE_LABELS, SEM, SOS, TokenLayoutError, format_table, prompt_roles, \
-    repeat_semantic, semantic_count, token_text
+from ..shapefirst import swap
+from ..shapefirst.tokens import EOS, ROLE_LABELS, SEM, SOS, TokenLayoutError, prompt_roles, repeat_semantic
 from . import _clip_tokens as ct
 from ._api import io
 from ._common import CATEGORY, KEY_PREFIX, LOGGER, ShapeFirstInputError
@@ -25,7 +25,8 @@ LAYOUT_OPTIONS = {"prompt A": cmp.LAYOUT_PROMPT, "77 x [SOS]": cmp.LAYOUT_SOS_ON
                   "[SOS] + 76 x [EOS]": cmp.LAYOUT_SOS_EOS}
 SOURCE_OPTIONS = list(cmp.SOURCES)
 APPLY_BOTH, APPLY_KEYS, APPLY_VALUES = "keys and values", "keys only", "values only"
-ALL_A = {SOS: cmp.A, SEM: cmp.A, EOS: cmp.A}
+FAMILIES = ("SD1.x, SD2.x, SDXL (and refiner / Stable Cascade), SD3, Flux, PixArt, Wan, Qwen-Image, Z-Image or "
+            "Lumina 2")
 
 
 def _err(message: str) -> ShapeFirstInputError:
@@ -39,8 +40,21 @@ def _spec(clip, which: str) -> ct.ClipSpec:
         return ct.clip_spec(clip)
     except ct.UnknownClipError as exc:
         raise _err(f"{which} has a tokenizer this node does not know ({exc}); [SOS]/[EOS] positions are only "
-                   "defined for SD1.x, SD2.x, SDXL (and refiner / Stable Cascade) and PixArt text encoders. "
-                   "Use a checkpoint or CLIP loader of one of those types.") from None
+                   f"defined for {FAMILIES} text encoders. Use a checkpoint or CLIP loader of one of those "
+                   "types.") from None
+
+
+def chosen_encoders(spec: ct.ClipSpec, text: str) -> set[str]:
+    """Keys of the encoders named in ``text`` ('all', or names / keys separated by commas or spaces)."""
+    words = [w for w in str(text or "").replace(",", " ").lower().split() if w]
+    if not words or words == ["all"]:
+        return {e.key for e in spec.encoders}
+    by_name = {n: e.key for e in spec.encoders for n in (e.name.lower(), e.key.lower())}
+    unknown = [w for w in words if w not in by_name]
+    if unknown:
+        raise _err(f"swap_encoders names {', '.join(map(repr, unknown))}, but this {spec.kind} CLIP has "
+                   f"{', '.join(spec.names())}; write 'all' or some of those names.")
+    return {by_name[w] for w in words}
 
 
 def _encode(clip, tokens, which: str):
@@ -51,49 +65,38 @@ def _encode(clip, tokens, which: str):
                    "needs one encoding per prompt. Remove the CLIP hook schedule.") from None
 
 
-def _repeat(tokens: dict, spec: ct.ClipSpec, repeats: int) -> dict:
-    out = {}
-    for enc in spec.encoders:
+class _Prompt(swap.EncodedPrompt):
+    """One prompt tokenized like CLIPTextEncode, with its roles per encoder; :meth:`encode` adds its rows."""
+
+    def __init__(self, clip, spec: ct.ClipSpec, text: str, which: str, repeats: int = 1):
+        self.clip, self.spec, self.which = clip, spec, which
+        self.tokens = ct.tokenize(clip, text)
+        roles = {}
+        for enc in spec.encoders:
+            try:
+                roles[enc.key] = prompt_roles(self.tokens[enc.key], enc.info)
+                if repeats > 1:
+                    self.tokens[enc.key] = repeat_semantic(self.tokens[enc.key], repeats, enc.info)
+                    roles[enc.key] = prompt_roles(self.tokens[enc.key], enc.info)
+            except TokenLayoutError as exc:
+                if enc.info.templated:
+                    raise _err(f"{which} does not follow the {spec.kind} chat template ({exc}); type the prompt "
+                               "alone, without template tokens such as <|im_start|>, the node adds the "
+                               "family's template as CLIP Text Encode does.") from None
+                raise _err(f"{which} leaves no [EOS] slot with sem_repeats = {repeats}: {exc}. Lower sem_repeats "
+                           "or shorten prompt A.") from None
+        super().__init__({e.key: swap.row_entries(e, self.tokens[e.key]) for e in spec.encoders},
+                         {e.key: swap.row_roles(e, roles[e.key]) for e in spec.encoders}, None)
+
+    def encode(self) -> "_Prompt":
+        self.cond, self.extras = _encode(self.clip, self.tokens, self.which)
+        self.pooled = self.extras.get("pooled_output")
         try:
-            out[enc.key] = repeat_semantic(tokens[enc.key], repeats, enc.info)
+            swap.locate(self.spec.encoders, self)
         except TokenLayoutError as exc:
-            raise _err(f"prompt A leaves no [EOS] slot with sem_repeats = {repeats}: {exc}. Lower sem_repeats "
-                       "or shorten prompt A.") from None
-    return out
-
-
-class _Prompt:
-    """One prompt: its tokens (word ids), encoding and roles per encoder."""
-
-    def __init__(self, clip, spec, text, which, repeats=1):
-        tokens = ct.tokenize(clip, text)
-        self.tokens = _repeat(tokens, spec, repeats) if repeats > 1 else tokens
-        self.cond, self.extras = _encode(clip, self.tokens, which)
-        self.roles = {e.key: prompt_roles(self.tokens[e.key], e.info) for e in spec.encoders}
-        self.empty = all(semantic_count(r) == 0 for r in self.roles.values())
-        self._flat: dict[str, list] = {}
-
-    def layout(self, key: str) -> cmp.PromptLayout:
-        return cmp.PromptLayout.of(self.roles[key], self.cond.shape[1])
-
-    def token(self, key: str, index: int):
-        if key not in self._flat:
-            self._flat[key] = [e[0] for chunk in self.tokens[key] for e in chunk]
-        flat = self._flat[key]
-        return flat[index] if index < len(flat) else None
-
-
-def _check_types(spec, spec_b, layout, start, end):
-    if spec_b.kind != spec.kind or spec_b.channels != spec.channels:
-        raise _err(f"prompt A is encoded by a {spec.kind} CLIP but clip_b is {spec_b.kind}; both prompts must "
-                   "use the same type of text encoder. Connect a CLIP of the same model family to clip_b, or "
-                   "leave clip_b empty.")
-    if layout != cmp.LAYOUT_PROMPT and not spec.has_start:
-        raise _err(f"the layouts '77 x [SOS]' and '[SOS] + 76 x [EOS]' need a [SOS] token, which the {spec.kind} "
-                   "tokenizer does not have; use layout 'prompt A'.")
-    window_error = check_window(start, end)
-    if window_error:
-        raise _err(window_error)
+            raise _err(f"{self.which}: {exc}; this {self.spec.kind} CLIP lays out its conditioning in a way this node "
+                       "does not know. Use the family's own CLIP loader.") from None
+        return self
 
 
 def check_window(start, end) -> str | None:
@@ -101,6 +104,20 @@ def check_window(start, end) -> str | None:
         return (f"start_percent ({start}) must be below end_percent ({end}), both in [0, 1]; e.g. 0.0 and 0.2 to "
                 "swap during the first 20% of sampling.")
     return None
+
+
+def _check_types(spec, spec_b, layout, start, end):
+    if spec_b.signature != spec.signature:
+        raise _err(f"prompt A is encoded by a {spec.kind} CLIP ({', '.join(spec.names())}) but clip_b is "
+                   f"{spec_b.kind} ({', '.join(spec_b.names())}); both prompts must use the same type of text "
+                   "encoder. Connect a CLIP of the same model family to clip_b, or leave clip_b empty.")
+    if layout != cmp.LAYOUT_PROMPT and not spec.has_start:
+        raise _err(f"the layouts '77 x [SOS]' and '[SOS] + 76 x [EOS]' need a [SOS] token, which the "
+                   f"{spec.kind} tokenizer does not have (every encoder giving rows needs one, in one block of rows); "
+                   "use layout 'prompt A'.")
+    window_error = check_window(start, end)
+    if window_error:
+        raise _err(window_error)
 
 
 def _check_prompts(a: _Prompt, b: _Prompt, layout, sources):
@@ -116,50 +133,9 @@ def _check_prompts(a: _Prompt, b: _Prompt, layout, sources):
                        f"source than {name}.")
 
 
-def _compose_all(spec, a: _Prompt, b: _Prompt, layout, sources, padding_is_eos, seed):
-    """(composed (1, T, C), A's rows in the same layout (1, T, C), plans per encoder)."""
-    length = a.cond.shape[1] if layout == cmp.LAYOUT_PROMPT else spec.encoders[0].info.max_length
-    shape = (1, length, a.cond.shape[-1])
-    composed = torch.zeros(shape, dtype=a.cond.dtype)
-    reference = torch.zeros(shape, dtype=a.cond.dtype)
-    generator = torch.Generator().manual_seed(int(seed))
-    plans = {}
-    for enc in spec.encoders:
-        layouts = {cmp.A: a.layout(enc.key), cmp.B: b.layout(enc.key)}
-        roles = a.roles[enc.key] if layout == cmp.LAYOUT_PROMPT else cmp.synthetic_layout(layout, length)
-        try:
-            plan = cmp.plan_rows(roles, layouts, sources, padding_is_eos, length)
-            ref_plan = cmp.plan_rows(roles, layouts, ALL_A, padding_is_eos, length)
-        except cmp.MissingClassError as exc:
-            raise _err(f"{exc} ({enc.name}); choose another source for {ROLE_LABELS[exc.role]}.") from None
-        if len(plan) < length:
-            raise _err(f"{enc.name} yields {len(plan)} positions, expected {length}; this CLIP is not supported.")
-        rows = {cmp.A: a.cond[0, :, enc.channels], cmp.B: b.cond[0, :, enc.channels]}
-        flat_a = [r for chunk in a.roles[enc.key] for r in chunk][: a.cond.shape[1]]
-        ref_rows = rows[cmp.A][[i for i, r in enumerate(flat_a) if r != SOS]]
-        noise = cmp.noise_rows(ref_rows, length, generator)  # drawn for every encoder: seeds stay stable
-        composed[0, :, enc.channels] = cmp.compose(plan, rows, noise)
-        reference[0, :, enc.channels] = cmp.compose(ref_plan, rows)
-        plans[enc.key] = plan
-    return composed, reference, plans
-
-
-def _table_rows(plan, enc, a: _Prompt, b: _Prompt, seed):
-    rows = []
-    for pos, r in enumerate(plan):
-        if r.kind in (cmp.A, cmp.B):
-            p = a if r.kind == cmp.A else b
-            token, source = token_text(p.token(enc.key, r.index), enc.inv_vocab), f"{r.kind} {r.index}"
-        else:
-            token, source = "-", (f"noise (seed {seed})" if r.kind == cmp.NOISE else "zeros")
-        role = ROLE_LABELS[r.slot or r.role] + (" (as [EOS])" if r.slot == PAD and r.role == EOS else "")
-        rows.append({"pos": pos, "token": token, "role": role, "source": source})
-    return rows
-
-
 def build(clip, prompt_a, prompt_b, sos_from="A", sem_from="A", eos_from="B", padding_is_eos=True,
           layout="prompt A", sem_repeats=1, apply_to=APPLY_BOTH, start_percent=0.0, end_percent=1.0,
-          pooled_from="B", noise_seed=0, clip_b=None):
+          pooled_from="B", noise_seed=0, clip_b=None, swap_encoders="all"):
     """The node's work: (conditioning, table text, ui payload)."""
     spec = _spec(clip, "clip")
     spec_b = _spec(clip_b, "clip_b") if clip_b is not None else spec
@@ -173,15 +149,24 @@ def build(clip, prompt_a, prompt_b, sos_from="A", sem_from="A", eos_from="B", pa
         raise _err(f"sem_repeats must be a whole number >= 1 (got {sem_repeats}); 1 = the prompt as written.")
     start_percent, end_percent = float(start_percent), float(end_percent)
     _check_types(spec, spec_b, layout_kind, start_percent, end_percent)
+    chosen = chosen_encoders(spec, swap_encoders)
     a = _Prompt(clip, spec, str(prompt_a or ""), "prompt A", sem_repeats)
     b = _Prompt(clip_b if clip_b is not None else clip, spec_b, str(prompt_b or ""), "prompt B")
     _check_prompts(a, b, layout_kind, sources)
-    composed, reference, plans = _compose_all(spec, a, b, layout_kind, sources, padding_is_eos, noise_seed)
+    a.encode(), b.encode()
+    try:
+        composed, reference, plans = swap.compose_all(
+            spec.encoders, a, b, layout_kind, sources, padding_is_eos, noise_seed, chosen,
+            length=spec.row_encoders[0].info.max_length)
+    except cmp.MissingClassError as exc:
+        raise _err(f"{exc}; choose another source for {ROLE_LABELS[exc.role]}.") from None
+    except TokenLayoutError as exc:
+        raise _err(f"{exc}; this CLIP is not supported.") from None
 
     extras = dict(a.extras)
-    pooled_src = b if pooled_from == "B" else a
-    if "pooled_output" in pooled_src.extras:
-        extras["pooled_output"] = pooled_src.extras["pooled_output"]
+    pooled = swap.compose_pooled(spec.encoders, a, b, pooled_from, chosen)
+    if pooled is not None:
+        extras["pooled_output"] = pooled
     if apply_to == APPLY_BOTH:
         cond = composed
     else:  # the conditioning tensor gives the Keys; EOSSwapKVPatch reads the Values from here
@@ -192,30 +177,18 @@ def build(clip, prompt_a, prompt_b, sos_from="A", sem_from="A", eos_from="B", pa
         extras["start_percent"], extras["end_percent"] = start_percent, end_percent
     conditioning = [[cond, extras]]
     if windowed:  # A's own encoding outside the window, as core ConditioningSetTimestepRange + Combine
-        plain = a if sem_repeats == 1 else _Prompt(clip, spec, str(prompt_a), "prompt A")
+        plain = a if sem_repeats == 1 else _Prompt(clip, spec, str(prompt_a), "prompt A").encode()
         for lo, hi in ((0.0, start_percent), (end_percent, 1.0)):
             if hi > lo:
                 conditioning.append([plain.cond, dict(plain.extras, start_percent=lo, end_percent=hi)])
 
+    names = [e.name for e in spec.encoders if e.key in chosen]
     title = (f"{spec.kind}: {', '.join(f'{k}<-{v}' for k, v in sources.items())}; layout {layout}; padding "
              f"{'counts as [EOS]' if padding_is_eos else 'kept from A'}; {apply_to}; window "
-             f"{start_percent:g}-{end_percent:g}; pooled from {pooled_from}")
-    tables, payload = [], {"title": title, "encoders": []}
-    groups: list[tuple[list[str], list]] = []
-    for enc in spec.encoders:
-        rows = _table_rows(plans[enc.key], enc, a, b, noise_seed)
-        same = next((g for g in groups if [(r.role, r.kind, r.index) for r in g[1]] ==
-                     [(r.role, r.kind, r.index) for r in plans[enc.key]]), None)
-        if same:
-            same[0].append(enc.name)
-            continue
-        groups.append(([enc.name], plans[enc.key]))
-        payload["encoders"].append({"names": groups[-1][0], "rows": [[r["pos"], r["token"], r["role"], r["source"]]
-                                                                     for r in rows]})
-        tables.append((groups[-1][0], rows))
-    text = "\n\n".join(format_table(rows, f"{NODE} - {', '.join(names)}") for names, rows in tables)
+             f"{start_percent:g}-{end_percent:g}; pooled from {pooled_from}; encoders {', '.join(names)}")
+    text, groups = swap.tables(spec.encoders, plans, a, b, noise_seed, NODE)
     LOGGER.debug("%s: %s", NODE, title)
-    return conditioning, f"{title}\n\n{text}", payload
+    return conditioning, f"{title}\n\n{text}", {"title": title, "encoders": groups}
 
 
 TokenTableUI = "shapefirst_tokens"
@@ -236,10 +209,12 @@ class EOSSwapConditioning(io.ComfyNode):
                 "[EOS] positions. Images then follow B's shapes. Also the paper's other experiments: any class from "
                 "A, B, zeros or noise (Appendix F), '77 x [SOS]' and '[SOS] + 76 x [EOS]' prompts (E), repeated "
                 "semantic tokens (C), Keys-only / Values-only swaps (G, needs EOS Swap K/V Patch on the model) and "
-                "a step window (Fig. 5/6). Prompts are encoded exactly like CLIP Text Encode (weights, embeddings)."
+                "a step window (Fig. 5/6). Prompts are encoded exactly like CLIP Text Encode (weights, embeddings). "
+                "SD3 / Flux / T5 / LLM text encoders: each encoder is composed with its own token roles (README)."
             ),
             inputs=[
-                io.Clip.Input("clip", tooltip="Text encoder of the checkpoint: SD1.x, SD2.x, SDXL or PixArt."),
+                io.Clip.Input("clip", tooltip="Text encoder of the checkpoint: SD1.x, SD2.x, SDXL, SD3, Flux, PixArt, Wan, "
+                                              "Qwen-Image, Z-Image or Lumina 2 (roles per family in the README)."),
                 io.String.Input("prompt_a", multiline=True, dynamic_prompts=True, default="A blue bird",
                                 tooltip="Prompt A, the source: its [SOS] and semantic tokens are kept."),
                 io.String.Input("prompt_b", multiline=True, dynamic_prompts=True, default="A brown chair",
@@ -272,11 +247,18 @@ class EOSSwapConditioning(io.ComfyNode):
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="End of the swap window. 0.2 = the first 20% (Fig. 5/6); 1.0 = all steps."),
                 io.Combo.Input("pooled_from", options=["B", "A"], default="B",
-                               tooltip="SDXL: whose pooled output (clip_g's [EOS]) goes with the swapped rows. "
-                                       "Ignored by SD1.x/SD2.x UNets."),
+                               tooltip="Whose pooled vector (the [EOS] analogue: SDXL clip_g's, SD3 clip_l + "
+                                       "clip_g's, Flux clip_l's) goes with the output, for each encoder in "
+                                       "swap_encoders. B with eos_from A swaps the pooled vector alone. Ignored by "
+                                       "SD1.x/SD2.x UNets; T5-only and LLM encoders have none."),
                 io.Int.Input("noise_seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
                              tooltip="Seed of the Gaussian noise used where a class comes from 'noise' (kept "
                                      "fixed, so the node and its sampler are not re-run on every queue)."),
+                io.String.Input("swap_encoders", default="all", optional=True,
+                                tooltip="Which text encoders take the composition (B's rows, zeros, noise) and, with "
+                                        "pooled_from B, B's pooled vector; the others keep prompt A's own rows. "
+                                        "'all' (default) or names separated by commas: SDXL clip_l, clip_g; SD3 "
+                                        "clip_l, clip_g, t5xxl; Flux clip_l (pooled only), t5xxl."),
                 io.Clip.Input("clip_b", optional=True,
                               tooltip="Optional CLIP for prompt B (e.g. another LoRA or clip skip); must be the "
                                       "same model family as clip. Default: clip."),
@@ -299,10 +281,10 @@ class EOSSwapConditioning(io.ComfyNode):
     @classmethod
     def execute(cls, clip, prompt_a, prompt_b, eos_from="B", sem_from="A", sos_from="A", padding_is_eos=True,
                 layout="prompt A", sem_repeats=1, apply_to=APPLY_BOTH, start_percent=0.0, end_percent=1.0,
-                pooled_from="B", noise_seed=0, clip_b=None) -> io.NodeOutput:
+                pooled_from="B", noise_seed=0, swap_encoders="all", clip_b=None) -> io.NodeOutput:
         conditioning, text, payload = build(
             clip, prompt_a, prompt_b, sos_from=sos_from, sem_from=sem_from, eos_from=eos_from,
             padding_is_eos=padding_is_eos, layout=layout, sem_repeats=sem_repeats, apply_to=apply_to,
             start_percent=start_percent, end_percent=end_percent, pooled_from=pooled_from, noise_seed=noise_seed,
-            clip_b=clip_b)
+            clip_b=clip_b, swap_encoders=swap_encoders)
         return io.NodeOutput(conditioning, text, ui={TokenTableUI: [payload]})

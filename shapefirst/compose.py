@@ -33,10 +33,12 @@ LAYOUTS = (LAYOUT_PROMPT, LAYOUT_SOS_ONLY, LAYOUT_SOS_EOS)
 class MissingClassError(TokenLayoutError):
     """A source prompt has no row of a class the composition needs (e.g. an empty prompt B)."""
 
-    def __init__(self, prompt: str, role: str):
-        super().__init__(f"prompt {prompt} has no {role} token to take rows from")
+    def __init__(self, prompt: str, role: str, encoder: str = ""):
+        where = f" ({encoder})" if encoder else ""
+        super().__init__(f"prompt {prompt} has no {role} token to take rows from{where}")
         self.prompt = prompt
         self.role = role
+        self.encoder = encoder
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,3 @@ def compose(plan: list[RowSource], rows: dict[str, torch.Tensor], noise: torch.T
             raise ValueError("the plan asks for noise rows but none were given")
         out[pos] = noise[pos].to(out)
     return out
-
-
-def prompts_used(plan: list[RowSource]) -> set[str]:
-    return {r.kind for r in plan if r.kind in (A, B)}

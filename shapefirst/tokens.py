@@ -7,6 +7,14 @@ position after the last semantic token as [EOS] (SD1.x pads with the end token).
 end token is ``EOS`` and everything after it is ``PAD``, so the two stay distinguishable (SD2.x and
 SDXL's clip_g pad with token 0); :func:`effective_role` merges them when padding counts as [EOS].
 
+Modern text encoders (see the README's token-role table): T5 (SD3, Flux, PixArt, Wan's umT5) has no
+[SOS]: SEM, then ``</s>`` as [EOS], then padding. LLM encoders wrap the prompt in a chat template:
+the template tokens before the prompt carry no prompt and play [SOS] (SOS, possibly several
+positions); the end-of-turn tokens after it and whatever follows see the whole prompt (causal
+attention) and play [EOS] (EOS, several positions); padding is PAD. Their word ids cover the
+template too, so the prompt is found by matching the template's token ids (``TokenizerInfo.prefix``
+and ``suffix``).
+
 Input is what ComfyUI's tokenizers return with ``return_word_ids=True``: per chunk (77 tokens for
 CLIP, one unbounded chunk for T5) a list of ``(token, weight, word_id)``, ``token`` an int id or an
 embedding vector, ``word_id > 0`` for tokens of the prompt text, 0 for start / end / padding.
@@ -36,6 +44,13 @@ class TokenizerInfo:
     pad: int
     # Chunk length for chunked tokenizers (77 for CLIP); None for one unbounded chunk (T5).
     max_length: int | None = 77
+    # Chat templates (LLM encoders): token ids before and after the prompt; empty for none.
+    prefix: tuple[int, ...] = ()
+    suffix: tuple[int, ...] = ()
+
+    @property
+    def templated(self) -> bool:
+        return bool(self.prefix or self.suffix)
 
     @property
     def pads_with_end(self) -> bool:
@@ -60,6 +75,8 @@ def chunk_roles(chunk, info: TokenizerInfo) -> list[str]:
     at position 0. EOS: the first end token that is not part of the text. PAD: every other
     position (padding after [EOS], whatever its token id).
     """
+    if info.templated:
+        return template_roles(chunk, info)
     roles = []
     seen_end = False
     for pos, entry in enumerate(chunk):
@@ -76,6 +93,35 @@ def chunk_roles(chunk, info: TokenizerInfo) -> list[str]:
     return roles
 
 
+def _ids(chunk) -> list[int | None]:
+    return [int(e[0]) if is_token_id(e[0]) else None for e in chunk]
+
+
+def template_roles(chunk, info: TokenizerInfo) -> list[str]:
+    """Roles of one chunk of an LLM encoder's templated prompt: padding (either side) PAD, the
+    template's ``prefix`` SOS, its ``suffix`` (end of turn and what follows) EOS, the prompt SEM.
+
+    Raises TokenLayoutError when the chunk does not start with the prefix or end with the
+    suffix (a prompt typed with its own template, or another family's template).
+    """
+    ids = _ids(chunk)
+    prefix, suffix = list(info.prefix), list(info.suffix)
+    lead = 0
+    if not prefix or prefix[0] != info.pad:
+        while lead < len(ids) and ids[lead] == info.pad:
+            lead += 1
+    end = len(ids)
+    while ids[end - len(suffix):end] != suffix or end - len(suffix) < lead + len(prefix):
+        if end > lead and ids[end - 1] == info.pad:
+            end -= 1
+            continue
+        raise TokenLayoutError(f"the prompt does not end with the template's {len(suffix)} closing tokens")
+    if ids[lead:lead + len(prefix)] != prefix:
+        raise TokenLayoutError(f"the prompt does not start with the template's {len(prefix)} opening tokens")
+    n_sem = end - len(suffix) - lead - len(prefix)
+    return [PAD] * lead + [SOS] * len(prefix) + [SEM] * n_sem + [EOS] * len(suffix) + [PAD] * (len(ids) - end)
+
+
 def prompt_roles(chunks, info: TokenizerInfo) -> list[list[str]]:
     """Roles per chunk, for every chunk of a tokenized prompt."""
     return [chunk_roles(chunk, info) for chunk in chunks]
@@ -86,21 +132,12 @@ def effective_role(role: str, padding_is_eos: bool) -> str:
     return EOS if (role == PAD and padding_is_eos) else role
 
 
-def paper_class(role: str) -> str:
-    """The paper's three classes (Sec. 5.1): padding after the prompt counts as [EOS]."""
-    return effective_role(role, True)
-
-
 def role_positions(roles: list[str], padding_is_eos: bool = True) -> dict[str, list[int]]:
     """Positions of each class in one chunk (PAD folded into EOS when ``padding_is_eos``)."""
     out: dict[str, list[int]] = {r: [] for r in ROLES}
     for pos, role in enumerate(roles):
         out[effective_role(role, padding_is_eos)].append(pos)
     return out
-
-
-def semantic_count(chunks_roles: list[list[str]]) -> int:
-    return sum(r == SEM for roles in chunks_roles for r in roles)
 
 
 def chunk_offsets(chunks_roles: list[list[str]]) -> list[int]:
@@ -131,7 +168,8 @@ def repeat_semantic(chunks, repeats: int, info: TokenizerInfo) -> list[list[tupl
         roles = chunk_roles(chunk, info)
         head = [e for e, r in zip(chunk, roles) if r == SOS]
         sem = [e for e, r in zip(chunk, roles) if r == SEM]
-        eos = [e for e, r in zip(chunk, roles) if r == EOS][:1]
+        eos = [e for e, r in zip(chunk, roles) if r == EOS]
+        eos = eos if info.templated else eos[:1]
         n_pad = sum(r == PAD for r in roles)
         body = head + sem * repeats + eos
         if info.max_length is None:
@@ -154,7 +192,10 @@ def token_text(token, inv_vocab: dict | None) -> str:
     text = inv_vocab.get(int(token)) if inv_vocab else None
     if text is None:
         return f"#{int(token)}"
-    return text.replace("</w>", "").replace("\u2581", " ").strip() or text
+    # CLIP marks word ends with </w>; SentencePiece (T5, Gemma) a leading space with U+2581;
+    # byte-level BPE (Qwen) a space with U+0120 and a newline with U+010A
+    readable = text.replace("</w>", "").replace("\u2581", " ").replace("\u0120", " ").replace("\u010a", "\n")
+    return readable.strip() or text
 
 
 def token_labels(chunks, inv_vocab: dict | None, roles: list[str]) -> list[str]:

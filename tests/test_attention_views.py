@@ -94,6 +94,7 @@ def test_view_selects_tokens_and_steps(comfy, sd15_ckpt):
     ({"steps": "7"}, {}, r"AttentionMapView: step 7 was not recorded; recorded steps: 0, 1"),
     ({"branch": "uncond"}, {}, r"AttentionMapView: 'capture' recorded nothing for the uncond branch; turn record_uncond on"),
     ({"tokens": "two"}, {}, r"AttentionMapView: tokens: cannot read 'two'"),
+    ({"batch_index": 3}, {}, r"AttentionMapView: batch_index 3 is outside the batch of 1 image: use an index in 0\."),
     ({"prompt": "a prompt, " * 30}, {}, r"AttentionMapView: the prompt has 154 token positions but 'capture' recorded 77"),
 ])
 def test_view_refuses_bad_inputs_naming_the_fix(comfy, sd15_ckpt, view, capture, message):

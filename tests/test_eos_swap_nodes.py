@@ -281,8 +281,8 @@ def test_prompts_encoded_by_different_clip_types_are_refused(comfy, sd15_ckpt, s
     g = swap_graph(sd15_ckpt, BIRD, CHAIR)
     g["11"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": sd2x_ckpt}}
     g["5"]["inputs"]["clip_b"] = ["11", 1]
-    with pytest.raises(GraphError, match=r"EOSSwapConditioning: prompt A is encoded by a SD1.x CLIP but clip_b is "
-                                         r"SD2.x; both prompts must use the same type"):
+    with pytest.raises(GraphError, match=r"EOSSwapConditioning: prompt A is encoded by a SD1.x CLIP \(clip_l\) but "
+                                         r"clip_b is SD2.x \(clip_h\); both prompts must use the same type"):
         comfy.run(g, fresh_cache=False)
 
 
@@ -299,13 +299,13 @@ def test_clip_b_of_the_same_type_encodes_b(comfy, sd15_ckpt):
 
 def test_an_unknown_clip_type_is_refused(comfy):
     import comfy.sd as sd
-    import comfy.text_encoders.sd3_clip as sd3
+    import comfy.text_encoders.aura_t5 as aura
     import nodes
 
     clip = sd.CLIP(no_init=True)
-    clip.tokenizer = sd3.SD3Tokenizer()
+    clip.tokenizer = aura.AuraT5Tokenizer()
     clip.tokenizer_options = {}
     node = nodes.NODE_CLASS_MAPPINGS["EOSSwapConditioning"]
     with pytest.raises(ValueError, match=r"EOSSwapConditioning: clip has a tokenizer this node does not know "
-                                         r"\(SD3Tokenizer\); .* Use a checkpoint or CLIP loader of one of those types"):
+                                         r"\(AuraT5Tokenizer\); .* Use a checkpoint or CLIP loader of one of those types"):
         node.execute(clip, BIRD, CHAIR)

@@ -7,7 +7,7 @@ import torch
 
 from shapefirst import compose as cmp
 from shapefirst.tokens import (EOS, PAD, SEM, SOS, TokenizerInfo, TokenLayoutError, chunk_roles, flat_roles,
-                               format_table, paper_class, prompt_roles, repeat_semantic, role_positions, token_labels,
+                               effective_role, format_table, prompt_roles, repeat_semantic, role_positions, token_labels,
                                token_text)
 
 SD1 = TokenizerInfo(start=49406, end=49407, pad=49407, max_length=77)
@@ -47,7 +47,7 @@ def test_t5_has_no_sos_and_embeddings_count_as_semantic():
 
 def test_paper_classes_fold_padding_into_eos_and_a_full_chunk_has_no_eos():
     chunk = clip_chunk([320, 1929], SD1, length=6)
-    assert [paper_class(r) for r in chunk_roles(chunk, SD1)] == [SOS, SEM, SEM, EOS, EOS, EOS]
+    assert [effective_role(r, True) for r in chunk_roles(chunk, SD1)] == [SOS, SEM, SEM, EOS, EOS, EOS]
     # a prompt that fills its chunk has no end token; a word equal to the pad id stays semantic
     assert chunk_roles([(49406, 1.0, 0), (0, 1.0, 1), (5, 1.0, 2)], SD2) == [SOS, SEM, SEM]
 
@@ -204,5 +204,7 @@ def test_compose_needs_noise_when_the_plan_asks():
 def test_token_text_and_table():
     assert token_text(320, {320: "a</w>"}) == "a" and token_text(torch.ones(3), {}) == "<embedding>"
     assert token_text(7, {}) == "#7" and token_text(8, {8: "\u2581cat"}) == "cat"
+    assert token_text(9, {9: "\u0120blue"}) == "blue"  # byte-level BPE (Qwen)
+    assert token_text(198, {198: "\u010a"}) == "\u010a"  # a bare newline stays visible
     text = format_table([{"pos": 0, "token": "<b>", "role": "[SOS]", "source": "A 0"}], "title")
     assert text.splitlines() == ["title", "pos  token  role   source", "0    <b>    [SOS]  A 0"]
