@@ -13,7 +13,7 @@ import torch
 
 import text_encoders
 from eos_reference import BIRD, CHAIR, OPTS, SKYLINE, reference_swap
-from harness import GraphError
+from devtools.harness import GraphError
 
 pytestmark = pytest.mark.comfy
 T5_END = 1

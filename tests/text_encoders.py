@@ -20,7 +20,7 @@ def _constants(model) -> tuple[str, ...]:
 
 
 def _build(clip_class, tokenizer_class, seed: int, **options):
-    import checkpoints
+    from devtools import checkpoints
     import comfy.sd as sd
 
     class Target:
