@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 # Bump whenever the produced tensors change: it is part of the cached file names.
 BUILD_VERSION = 1
 SD3_TEXT_WIDTH = 64  # T5 width of the tiny SD3 text encoder = MMDiT's detected context width
+FLUX_TEXT_WIDTH = 64  # T5 width of the Flux/Chroma text encoders = the detected txt_in width
+FLUX_POOLED_WIDTH = 64  # CLIP-L width of the Flux text encoder = the detected vector_in width
+FLUX_TEXT_TOKENS = 8  # T5 pads Flux/Chroma prompts to this many tokens (ComfyUI: 256, see module doc)
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class Family:
     seed: int
     vae: str  # key of VAES
     text_encoder: str  # key for build_text_encoder
+    dtype: str = "float32"  # dtype of the saved tensors (full-width families: float16)
 
 
 def _sd3_unet(depth=2):
@@ -85,14 +89,27 @@ def _wan_unet(dim=128, layers=2):
             "qk_norm": True, "cross_attn_norm": True, "eps": 1e-6, "in_dim": 16, "model_type": "t2v"}
 
 
+def _flux_unet(guidance=True):
+    # what detection reports for a Flux file with 1 double block and no single block; the width
+    # (3072 = 24 heads x 128 rotary channels) is fixed, the text and pooled widths are read from shapes
+    return {"image_model": "flux", "axes_dim": [16, 56, 56], "num_heads": 24, "mlp_ratio": 4.0, "theta": 10000,
+            "out_channels": 16, "qkv_bias": True, "in_channels": 16, "hidden_size": 3072,
+            "context_in_dim": FLUX_TEXT_WIDTH, "patch_size": 2, "vec_in_dim": FLUX_POOLED_WIDTH,
+            "depth": 1, "depth_single_blocks": 0, "guidance_embed": guidance}
+
+
 FAMILIES: dict[str, Family] = {
     "sd3": Family("SD3", _sd3_unet(), 301, "taesd3", "sd3"),
     "wan21_t2v": Family("WAN21_T2V", _wan_unet(), 302, "wan21", "wan"),
     # Wan 2.2 A14B: two Wan-2.1-architecture experts (same detection), different weights
     "wan22_high_noise": Family("WAN21_T2V", _wan_unet(), 303, "wan21", "wan"),
     "wan22_low_noise": Family("WAN21_T2V", _wan_unet(), 304, "wan21", "wan"),
+    # Flux dev (guidance embed kept: detection picks Flux, not FluxSchnell)
+    "flux": Family("Flux", _flux_unet(), 305, "taesd3", "flux", "float16"),
 }
 VAES = {"taesd3": 311, "wan21": 312}  # name -> seed
+# families at the real width (only their depth is reduced): hundreds of MB each, built on demand
+FULL_WIDTH = tuple(name for name, spec in FAMILIES.items() if spec.dtype != "float32")
 
 
 # ---------------------------------------------------------------- initialisation
@@ -152,8 +169,9 @@ def diffusion_state_dict(family: str) -> dict:
     import comfy.supported_models
 
     spec = FAMILIES[family]
+    dtype = getattr(torch, spec.dtype)
     config = getattr(comfy.supported_models, spec.config_class)(dict(spec.unet))
-    config.set_inference_dtype(torch.float32, None)
+    config.set_inference_dtype(dtype, None)  # built in the file's dtype: no second copy at full width
     model = config.get_model({}, device="cpu")
     net = model.diffusion_model
     if getattr(net, "pos_embed", None) is not None:  # MMDiT: a buffer ComfyUI creates empty; SD3's is sin-cos
@@ -163,7 +181,7 @@ def diffusion_state_dict(family: str) -> dict:
         table = get_2d_sincos_pos_embed(net.pos_embed.shape[-1], size)
         net.pos_embed.copy_(torch.from_numpy(table).reshape(net.pos_embed.shape))
     seeded_init(net, spec.seed)
-    sd = {k: v.detach().to(torch.float32).contiguous() for k, v in net.state_dict().items()}
+    sd = {k: v.detach().to(dtype).contiguous() for k, v in net.state_dict().items()}
     check_finite(sd, family)
     return sd
 
@@ -263,8 +281,19 @@ def build_text_encoder(kind: str, seed: int = 321):
         Target.tokenizer = wan.WanT5Tokenizer
         options = {"umt5xxl_model_config": {"num_layers": 1, "d_ff": 64, "num_heads": 2, "d_kv": 16,
                                             "vocab_size": 32000}}
+    elif kind == "flux":
+        import comfy.text_encoders.flux as flux
+
+        Target.clip = flux.flux_clip()
+        Target.tokenizer = flux.FluxTokenizer
+        tokenizer_data["t5xxl_min_length"] = FLUX_TEXT_TOKENS
+        options = {"t5xxl_model_config": {"d_model": FLUX_TEXT_WIDTH, "num_layers": 1, "d_ff": 128,
+                                          "num_heads": 2, "d_kv": 32},
+                   "clip_l_model_config": {"hidden_size": FLUX_POOLED_WIDTH, "intermediate_size": 128,
+                                           "num_attention_heads": 2, "num_hidden_layers": 1,
+                                           "projection_dim": FLUX_POOLED_WIDTH}}
     else:
-        raise ValueError(f"unknown text encoder {kind!r}; known: sd3, wan")
+        raise ValueError(f"unknown text encoder {kind!r}; known: sd3, wan, flux")
     clip = comfy.sd.CLIP(target=Target, tokenizer_data=tokenizer_data,
                          model_options={**options, "dtype": torch.float32})
     seeded_init(clip.cond_stage_model, seed)

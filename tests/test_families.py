@@ -71,7 +71,7 @@ def test_every_tiny_file_is_seeded_and_rebuilds_identically(comfy, family_models
 
     models = Path(runtime_paths["models"])
     builds = [(f, families.diffusion_state_dict, models / "diffusion_models" / family_models[f])
-              for f in families.FAMILIES]
+              for f in families.FAMILIES if f not in families.FULL_WIDTH]
     builds += [(v, families.vae_state_dict, models / "vae" / family_models[f"vae:{v}"]) for v in families.VAES]
     for name, build, path in builds:
         on_disk, again = safetensors.torch.load_file(str(path)), build(name)
