@@ -59,6 +59,7 @@ BUILD_VERSION = 1
 SD3_TEXT_WIDTH = 64  # T5 width of the tiny SD3 text encoder = MMDiT's detected context width
 FLUX_TEXT_WIDTH = 64  # T5 width of the Flux/Chroma text encoders = the detected txt_in width
 FLUX_POOLED_WIDTH = 64  # CLIP-L width of the Flux text encoder = the detected vector_in width
+LUMINA2_TEXT_WIDTH = 64  # Gemma 2 width of the Lumina 2 text encoder = the detected cap_embedder width
 FLUX_TEXT_TOKENS = 8  # T5 pads Flux/Chroma prompts to this many tokens (ComfyUI: 256, see module doc)
 
 
@@ -98,6 +99,15 @@ def _flux_unet(guidance=True):
             "depth": 1, "depth_single_blocks": 0, "guidance_embed": guidance}
 
 
+def _lumina2_unet():
+    # what detection reports for a Lumina 2 file with one layer: width 2304 with 24 heads (8 key/value
+    # heads) is what fits the rotary axes; 2 noise-refiner and 2 context-refiner layers always follow
+    return {"image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 2304,
+            "cap_feat_dim": LUMINA2_TEXT_WIDTH, "n_layers": 1, "qk_norm": True, "n_heads": 24, "n_kv_heads": 8,
+            "axes_dims": [32, 32, 32], "axes_lens": [300, 512, 512], "rope_theta": 10000.0,
+            "ffn_dim_multiplier": 4.0}
+
+
 FAMILIES: dict[str, Family] = {
     "sd3": Family("SD3", _sd3_unet(), 301, "taesd3", "sd3"),
     "wan21_t2v": Family("WAN21_T2V", _wan_unet(), 302, "wan21", "wan"),
@@ -106,6 +116,7 @@ FAMILIES: dict[str, Family] = {
     "wan22_low_noise": Family("WAN21_T2V", _wan_unet(), 304, "wan21", "wan"),
     # Flux dev (guidance embed kept: detection picks Flux, not FluxSchnell)
     "flux": Family("Flux", _flux_unet(), 305, "taesd3", "flux", "float16"),
+    "lumina2": Family("Lumina2", _lumina2_unet(), 306, "taesd3", "lumina2", "float16"),
 }
 VAES = {"taesd3": 311, "wan21": 312}  # name -> seed
 # families at the real width (only their depth is reduced): hundreds of MB each, built on demand
@@ -292,8 +303,21 @@ def build_text_encoder(kind: str, seed: int = 321):
                    "clip_l_model_config": {"hidden_size": FLUX_POOLED_WIDTH, "intermediate_size": 128,
                                            "num_attention_heads": 2, "num_hidden_layers": 1,
                                            "projection_dim": FLUX_POOLED_WIDTH}}
+    elif kind == "lumina2":
+        import comfy.text_encoders.lumina2 as lumina2
+        import comfy.text_encoders.wan as wan
+
+        # Gemma's sentencepiece model ships inside users' text-encoder files: AuraFlow's stands in
+        spiece = Path(wan.__file__).parent / "t5_pile_tokenizer" / "tokenizer.model"
+        tokenizer_data["spiece_model"] = spiece.read_bytes()
+        Target.clip = lumina2.te()
+        Target.tokenizer = lumina2.LuminaTokenizer
+        # three layers: Lumina 2 reads the second-to-last hidden state, which ComfyUI requires to be inside
+        options = {"gemma2_2b_model_config": {"hidden_size": LUMINA2_TEXT_WIDTH, "intermediate_size": 128,
+                                              "num_hidden_layers": 3, "num_attention_heads": 2,
+                                              "num_key_value_heads": 1, "vocab_size": 32000}}
     else:
-        raise ValueError(f"unknown text encoder {kind!r}; known: sd3, wan, flux")
+        raise ValueError(f"unknown text encoder {kind!r}; known: sd3, wan, flux, lumina2")
     clip = comfy.sd.CLIP(target=Target, tokenizer_data=tokenizer_data,
                          model_options={**options, "dtype": torch.float32})
     seeded_init(clip.cond_stage_model, seed)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 FAMILY_TE_NODE = "ShapeFirstTestFamilyTextEncoder"
-TEXT_ENCODER_KINDS = ("sd3", "wan", "flux")
+TEXT_ENCODER_KINDS = ("sd3", "wan", "flux", "lumina2")
 _CLIPS: dict = {}
 
 

@@ -24,13 +24,21 @@ pytestmark = pytest.mark.comfy
 # family -> (model_base class, supported_models class, text encoder, VAE, VAE class, latent node inputs)
 SPECS = {
     "flux": ("Flux", "Flux", "flux", "taesd3", "TAESD", ("EmptySD3LatentImage", {"width": 64, "height": 64})),
+    "lumina2": ("Lumina2", "Lumina2", "lumina2", "taesd3", "TAESD",
+                ("EmptySD3LatentImage", {"width": 64, "height": 64})),
 }
+# calls of one guided step then one tail step, batch 1: Flux pads both prompts to the same T5 length, so
+# core batches cond and uncond in one call; Lumina 2 does not pad and core runs prompts of different
+# token counts as separate calls
+EXPECTED_CALLS = {"flux": [2, 1], "lumina2": [1, 1, 1]}
+GUIDANCE_EMBED = {"flux"}  # Flux dev: FluxGuidance sets the distilled guidance of both prompts
 FAMILIES = list(SPECS)
 STEPS = 2
 
 
 def base(names, family, prompt="a photo of a cat", negative="", batch=1) -> dict:
-    """Nodes 1-4 as test_families.base (positive and negative through FluxGuidance), 8 = VAE, 9 = text encoder."""
+    """Nodes 1-4 as test_families.base (Flux dev: positive and negative through FluxGuidance), 8 = VAE,
+    9 = text encoder."""
     _, _, te, vae, _, (latent_node, latent_inputs) = SPECS[family]
     g = {
         "1": {"class_type": "UNETLoader", "inputs": {"unet_name": names[family], "weight_dtype": "default"}},
@@ -41,8 +49,22 @@ def base(names, family, prompt="a photo of a cat", negative="", batch=1) -> dict
         "8": {"class_type": "VAELoader", "inputs": {"vae_name": names[f"vae:{vae}"]}},
     }
     for node, text in (("2", "12"), ("3", "13")):
-        g[node] = {"class_type": "FluxGuidance", "inputs": {"conditioning": [text, 0], "guidance": 3.5}}
+        if family in GUIDANCE_EMBED:
+            g[node] = {"class_type": "FluxGuidance", "inputs": {"conditioning": [text, 0], "guidance": 3.5}}
+        else:
+            g[node] = g[text]
     return g
+
+
+def _check_depth(family, model):
+    """The real width with the fewest blocks detection accepts."""
+    net = model.model.diffusion_model
+    if family == "flux":
+        assert net.hidden_size == 3072 and len(net.double_blocks) == 1 and len(net.single_blocks) == 0
+        assert model.model.model_config.unet_config["guidance_embed"]  # Flux dev, not schnell
+    elif family == "lumina2":
+        assert net.dim == 2304 and len(net.layers) == 1
+        assert len(net.noise_refiner) == 2 and len(net.context_refiner) == 2  # not detected: always 2
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -53,11 +75,10 @@ def test_loads_as_the_family_class(comfy, full_width_models, family):
     assert type(model.model).__name__ == model_class
     assert type(model.model.model_config).__name__ == config_class
     assert type(vae.first_stage_model).__name__ == vae_class and vae.latent_channels == 16
-    net = model.model.diffusion_model
-    assert net.hidden_size == 3072 and len(net.double_blocks) == 1 and len(net.single_blocks) == 0
-    assert model.model.model_config.unet_config["guidance_embed"]  # Flux dev, not schnell
+    _check_depth(family, model)
     cond, extra = r.output_value("2")[0]
-    assert torch.isfinite(cond).all() and cond.abs().max() > 0 and extra["guidance"] == 3.5
+    assert torch.isfinite(cond).all() and cond.abs().max() > 0
+    assert extra.get("guidance") == (3.5 if family in GUIDANCE_EMBED else None)
     assert _samples(r, "4").shape == (1, 16, 8, 8)
 
 
@@ -110,6 +131,6 @@ def test_the_model_runs_exactly_the_expected_rows(comfy, full_width_models, fami
         model=model, seed=1, steps=STEPS, cfg=4.0, sampler_name="euler", scheduler="simple",
         positive=r.output_value("2"), negative=r.output_value("3"), latent_image=r.output_value("4"), denoise=1.0,
         guidance_start=0.0, guidance_end=0.5)
-    assert calls == [2, 1]  # batch 1: cond + uncond on the guided step, the uncond row alone after
+    assert calls == EXPECTED_CALLS[family]  # cond + uncond rows on the guided step, the uncond row alone after
     report = out.ui["shapefirst_guidance"][0]
     assert report["rows_computed"] == 3 and report["skipped_passes"] == 1
