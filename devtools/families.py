@@ -25,17 +25,41 @@ How each part reaches ComfyUI:
   Wan tokenizer runs on the sentencepiece model ComfyUI does ship (AuraFlow's, 32000 pieces)
   and the UMT5 vocabulary is that size.
 
-Families the 0.3.75 detector does not let us build small (hence no files here):
+Families whose width detection fixes (``FULL_WIDTH``): only the depth is reduced, to the fewest
+blocks detection accepts, and the file is fp16 (ComfyUI runs it in fp32 on the CPU). Measured on
+the 2-core, 24 GB development machine shared with other jobs, one torch thread, a 64 px image
+(16 image tokens); one evaluation = one diffusion-model call:
 
-* **Flux / Chroma**: detection fixes ``num_heads`` = 24 and ``axes_dim`` = [16, 56, 56] and the
-  model requires ``hidden_size / num_heads == sum(axes_dim)``, so ``hidden_size`` must be 3072;
-  one double block alone is about 340 M parameters (Chroma adds a 5120-wide, 5-layer
-  approximator).
-* **Qwen-Image**: detection reads only ``in_channels`` and the block count; the width (3072,
-  24 heads) and the text width (3584) are fixed, about 340 M parameters per block.
-* **Lumina 2 / Z-Image**: widths other than 2304 / 3840 fall back to 32 heads and
-  ``axes_dims`` (16, 56, 56), which only fit 4096; at 2304 the model keeps two noise-refiner and
-  two context-refiner layers (not detected), about 300 M parameters at one layer.
+=========  ==========================================  ========  ======  =====  ==============  ========
+family     built                                       params    file    load   per evaluation  peak RAM
+=========  ==========================================  ========  ======  =====  ==============  ========
+Flux dev   3072 wide, 1 double block, 0 single blocks,  389 M     779 MB  5 s    2.7 s (batch 2)  2.6 GB
+           guidance_in kept (detected as ``Flux``)
+Lumina 2   2304 wide, 1 layer + the 2 noise and 2       422 M     844 MB  8 s    2.8 s (batch 1)  2.8 GB
+           context refiners detection always builds
+=========  ==========================================  ========  ======  =====  ==============  ========
+
+Building takes about 30 s of seeded initialisation (torch's CPU random generator over 400 M
+values) plus saving; one to three minutes in all when the machine is busy. Peak RAM is the test
+process while loading (the fp16 file and the fp32 model). The text encoders stay tiny because the
+diffusion model reads their width from shapes: Flux's T5 (``txt_in``, width 64) and CLIP-L
+(``vector_in``, width 64), one layer each, T5 padding reduced from 256 to ``FLUX_TEXT_TOKENS`` = 8
+tokens through the tokenizer's ``t5xxl_min_length`` option (the only change to what a user's graph
+computes, to keep an evaluation near a second per row); Lumina 2's Gemma 2 (``cap_embedder``, width
+64) with three layers, as ComfyUI reads its second-to-last hidden state and requires it inside the
+model, on AuraFlow's sentencepiece model like UMT5.
+
+Families not built, with the reason measured or computed on this machine:
+
+* **Chroma**: the 3072-wide double block is buildable, but the fixed modulation approximator
+  (5 layers, 5120 wide, about 270 M parameters) runs on 344 modulation rows per image: its
+  matrix products alone take 13 s per image row here (> 5 s per evaluation).
+* **Qwen-Image**: the diffusion model (3072 wide, about 360 M parameters at one block) is
+  buildable, but its text width 3584 is not detected, and ComfyUI's Qwen2.5-VL class always builds
+  the 152064 x 3584 token table (545 M) and the 32-layer vision tower (about 670 M, width fixed):
+  1.2 B parameters, 2.4 GB in fp16 before the diffusion model (> 3 GB peak).
+* **Z-Image**: width 3840 (30 heads), one layer plus four refiners of about 180 M parameters each:
+  0.9 B parameters, 1.8 GB in fp16, 3.6 GB in fp32 in RAM.
 
 Usage: the ComfyUI folder must be importable with ``comfy.cli_args.args.cpu = True`` set before
 ``comfy.model_management`` is imported (the test harness does both); then
