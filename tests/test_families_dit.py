@@ -1,14 +1,15 @@
-"""Tier 2: the CFG families whose detection fixes a full width (Flux with true CFG, ...).
+"""Tier 2: the CFG families whose detection fixes a full width (Flux dev with true CFG, Lumina 2).
 
 Only the depth of these models is free, so devtools/families.py builds them at the real width
-with the fewest blocks detection accepts (Flux: one double block, no single block; 389 M
-parameters, a 780 MB fp16 file, run in fp32 on the CPU). Each evaluation takes seconds, so every
-test is one sampler, two steps, batch 1, a 64 px image (4 x 4 = 16 image tokens) and a prompt
-padded to 8 T5 tokens: it loads as the right model class, TruncatedCFGSampler with the window over
-all steps is core KSampler at cfg > 1 bit for bit, a truncated window equals the step-by-step
-reference of eq. 9 written in test_families.py, and the diffusion model runs exactly the expected
-rows. Flux dev's guidance embedding is detected (guidance_in), so the graph sets FluxGuidance on
-both prompts, as a user running true CFG with Flux dev does.
+with the fewest blocks detection accepts (Flux: one double block, no single block, 389 M
+parameters; Lumina 2: one layer and the four refiners, 422 M; fp16 files of about 800 MB, run in
+fp32 on the CPU). Each evaluation takes seconds, so every test is one sampler, two steps, batch 1
+and a 64 px image (4 x 4 = 16 image tokens; Flux's prompt padded to 8 T5 tokens): it loads as the
+right model class, TruncatedCFGSampler with the window over all steps is core KSampler at cfg > 1
+bit for bit, a truncated window equals the step-by-step reference of eq. 9 written in
+test_families.py, and the diffusion model runs exactly the expected rows. Flux dev's guidance
+embedding is detected (guidance_in), so the graph sets FluxGuidance on both prompts, as a user
+running true CFG with Flux dev does.
 """
 
 from __future__ import annotations
@@ -34,6 +35,20 @@ EXPECTED_CALLS = {"flux": [2, 1], "lumina2": [1, 1, 1]}
 GUIDANCE_EMBED = {"flux"}  # Flux dev: FluxGuidance sets the distilled guidance of both prompts
 FAMILIES = list(SPECS)
 STEPS = 2
+
+
+@pytest.fixture(autouse=True)
+def _release_models():
+    """Each run loads its ~1.6 GB fp32 model afresh: let core unload it after every test, or the
+    copies pile up in ComfyUI's list of loaded models."""
+    yield
+    import gc
+
+    import comfy.model_management as mm
+
+    mm.unload_all_models()
+    gc.collect()
+    mm.soft_empty_cache()
 
 
 def base(names, family, prompt="a photo of a cat", negative="", batch=1) -> dict:
@@ -67,7 +82,7 @@ def _check_depth(family, model):
         assert len(net.noise_refiner) == 2 and len(net.context_refiner) == 2  # not detected: always 2
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES, scope="module")  # one family at a time
 def test_loads_as_the_family_class(comfy, full_width_models, family):
     model_class, config_class, _, _, vae_class, _ = SPECS[family]
     r = comfy.run(base(full_width_models, family), outputs=["1", "2", "4", "8"])
@@ -82,7 +97,7 @@ def test_loads_as_the_family_class(comfy, full_width_models, family):
     assert _samples(r, "4").shape == (1, 16, 8, 8)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES, scope="module")  # one family at a time
 def test_window_over_all_steps_is_core_ksampler(comfy, full_width_models, family):
     g = base(full_width_models, family)
     g["5"] = ksampler(steps=STEPS)
@@ -95,7 +110,7 @@ def test_window_over_all_steps_is_core_ksampler(comfy, full_width_models, family
     assert (out - _samples(r, "7")).abs().max() > 1e-4  # cfg 4 is not cfg 1: guidance acts
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES, scope="module")  # one family at a time
 def test_truncated_window_matches_a_step_by_step_reference_of_eq9(comfy, full_width_models, family):
     import comfy.sample as comfy_sample
     import comfy.samplers as comfy_samplers
@@ -121,7 +136,7 @@ def test_truncated_window_matches_a_step_by_step_reference_of_eq9(comfy, full_wi
     assert (plain - want).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES, scope="module")  # one family at a time
 def test_the_model_runs_exactly_the_expected_rows(comfy, full_width_models, family):
     import nodes
 
