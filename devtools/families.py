@@ -40,8 +40,9 @@ Lumina 2   2304 wide, 1 layer + the 2 noise and 2       422 M     844 MB  8 s   
 =========  ==========================================  ========  ======  =====  ==============  ========
 
 Building takes about 30 s of seeded initialisation (torch's CPU random generator over 400 M
-values) plus saving; one to three minutes in all when the machine is busy. Peak RAM is the test
-process while loading (the fp16 file and the fp32 model). The text encoders stay tiny because the
+values) plus saving; one to three minutes in all when the machine is busy. Peak RAM is one process
+loading (the fp16 file and the fp32 model) and sampling; the test process of one family peaks at
+4.0 GB (Flux) and 4.2 GB (Lumina 2). The text encoders stay tiny because the
 diffusion model reads their width from shapes: Flux's T5 (``txt_in``, width 64) and CLIP-L
 (``vector_in``, width 64), one layer each, T5 padding reduced from 256 to ``FLUX_TEXT_TOKENS`` = 8
 tokens through the tokenizer's ``t5xxl_min_length`` option (the only change to what a user's graph
