@@ -25,17 +25,42 @@ How each part reaches ComfyUI:
   Wan tokenizer runs on the sentencepiece model ComfyUI does ship (AuraFlow's, 32000 pieces)
   and the UMT5 vocabulary is that size.
 
-Families the 0.3.75 detector does not let us build small (hence no files here):
+Families whose width detection fixes (``FULL_WIDTH``): only the depth is reduced, to the fewest
+blocks detection accepts, and the file is fp16 (ComfyUI runs it in fp32 on the CPU). Measured on
+the 2-core, 24 GB development machine shared with other jobs, one torch thread, a 64 px image
+(16 image tokens); one evaluation = one diffusion-model call:
 
-* **Flux / Chroma**: detection fixes ``num_heads`` = 24 and ``axes_dim`` = [16, 56, 56] and the
-  model requires ``hidden_size / num_heads == sum(axes_dim)``, so ``hidden_size`` must be 3072;
-  one double block alone is about 340 M parameters (Chroma adds a 5120-wide, 5-layer
-  approximator).
-* **Qwen-Image**: detection reads only ``in_channels`` and the block count; the width (3072,
-  24 heads) and the text width (3584) are fixed, about 340 M parameters per block.
-* **Lumina 2 / Z-Image**: widths other than 2304 / 3840 fall back to 32 heads and
-  ``axes_dims`` (16, 56, 56), which only fit 4096; at 2304 the model keeps two noise-refiner and
-  two context-refiner layers (not detected), about 300 M parameters at one layer.
+=========  ==========================================  ========  ======  =====  ==============  ========
+family     built                                       params    file    load   per evaluation  peak RAM
+=========  ==========================================  ========  ======  =====  ==============  ========
+Flux dev   3072 wide, 1 double block, 0 single blocks,  389 M     779 MB  5 s    2.7 s (batch 2)  2.6 GB
+           guidance_in kept (detected as ``Flux``)
+Lumina 2   2304 wide, 1 layer + the 2 noise and 2       422 M     844 MB  8 s    2.8 s (batch 1)  2.8 GB
+           context refiners detection always builds
+=========  ==========================================  ========  ======  =====  ==============  ========
+
+Building takes about 30 s of seeded initialisation (torch's CPU random generator over 400 M
+values) plus saving; one to three minutes in all when the machine is busy. Peak RAM is one process
+loading (the fp16 file and the fp32 model) and sampling; the test process of one family peaks at
+4.0 GB (Flux) and 4.2 GB (Lumina 2). The text encoders stay tiny because the
+diffusion model reads their width from shapes: Flux's T5 (``txt_in``, width 64) and CLIP-L
+(``vector_in``, width 64), one layer each, T5 padding reduced from 256 to ``FLUX_TEXT_TOKENS`` = 8
+tokens through the tokenizer's ``t5xxl_min_length`` option (the only change to what a user's graph
+computes, to keep an evaluation near a second per row); Lumina 2's Gemma 2 (``cap_embedder``, width
+64) with three layers, as ComfyUI reads its second-to-last hidden state and requires it inside the
+model, on AuraFlow's sentencepiece model like UMT5.
+
+Families not built, with the reason measured or computed on this machine:
+
+* **Chroma**: the 3072-wide double block is buildable, but the fixed modulation approximator
+  (5 layers, 5120 wide, about 270 M parameters) runs on 344 modulation rows per image: its
+  matrix products alone take 13 s per image row here (> 5 s per evaluation).
+* **Qwen-Image**: the diffusion model (3072 wide, about 360 M parameters at one block) is
+  buildable, but its text width 3584 is not detected, and ComfyUI's Qwen2.5-VL class always builds
+  the 152064 x 3584 token table (545 M) and the 32-layer vision tower (about 670 M, width fixed):
+  1.2 B parameters, 2.4 GB in fp16 before the diffusion model (> 3 GB peak).
+* **Z-Image**: width 3840 (30 heads), one layer plus four refiners of about 180 M parameters each:
+  0.9 B parameters, 1.8 GB in fp16, 3.6 GB in fp32 in RAM.
 
 Usage: the ComfyUI folder must be importable with ``comfy.cli_args.args.cpu = True`` set before
 ``comfy.model_management`` is imported (the test harness does both); then
@@ -57,6 +82,10 @@ log = logging.getLogger(__name__)
 # Bump whenever the produced tensors change: it is part of the cached file names.
 BUILD_VERSION = 1
 SD3_TEXT_WIDTH = 64  # T5 width of the tiny SD3 text encoder = MMDiT's detected context width
+FLUX_TEXT_WIDTH = 64  # T5 width of the Flux/Chroma text encoders = the detected txt_in width
+FLUX_POOLED_WIDTH = 64  # CLIP-L width of the Flux text encoder = the detected vector_in width
+LUMINA2_TEXT_WIDTH = 64  # Gemma 2 width of the Lumina 2 text encoder = the detected cap_embedder width
+FLUX_TEXT_TOKENS = 8  # T5 pads Flux/Chroma prompts to this many tokens (ComfyUI: 256, see module doc)
 
 
 @dataclass(frozen=True)
@@ -66,6 +95,7 @@ class Family:
     seed: int
     vae: str  # key of VAES
     text_encoder: str  # key for build_text_encoder
+    dtype: str = "float32"  # dtype of the saved tensors (full-width families: float16)
 
 
 def _sd3_unet(depth=2):
@@ -85,14 +115,37 @@ def _wan_unet(dim=128, layers=2):
             "qk_norm": True, "cross_attn_norm": True, "eps": 1e-6, "in_dim": 16, "model_type": "t2v"}
 
 
+def _flux_unet(guidance=True):
+    # what detection reports for a Flux file with 1 double block and no single block; the width
+    # (3072 = 24 heads x 128 rotary channels) is fixed, the text and pooled widths are read from shapes
+    return {"image_model": "flux", "axes_dim": [16, 56, 56], "num_heads": 24, "mlp_ratio": 4.0, "theta": 10000,
+            "out_channels": 16, "qkv_bias": True, "in_channels": 16, "hidden_size": 3072,
+            "context_in_dim": FLUX_TEXT_WIDTH, "patch_size": 2, "vec_in_dim": FLUX_POOLED_WIDTH,
+            "depth": 1, "depth_single_blocks": 0, "guidance_embed": guidance}
+
+
+def _lumina2_unet():
+    # what detection reports for a Lumina 2 file with one layer: width 2304 with 24 heads (8 key/value
+    # heads) is what fits the rotary axes; 2 noise-refiner and 2 context-refiner layers always follow
+    return {"image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 2304,
+            "cap_feat_dim": LUMINA2_TEXT_WIDTH, "n_layers": 1, "qk_norm": True, "n_heads": 24, "n_kv_heads": 8,
+            "axes_dims": [32, 32, 32], "axes_lens": [300, 512, 512], "rope_theta": 10000.0,
+            "ffn_dim_multiplier": 4.0}
+
+
 FAMILIES: dict[str, Family] = {
     "sd3": Family("SD3", _sd3_unet(), 301, "taesd3", "sd3"),
     "wan21_t2v": Family("WAN21_T2V", _wan_unet(), 302, "wan21", "wan"),
     # Wan 2.2 A14B: two Wan-2.1-architecture experts (same detection), different weights
     "wan22_high_noise": Family("WAN21_T2V", _wan_unet(), 303, "wan21", "wan"),
     "wan22_low_noise": Family("WAN21_T2V", _wan_unet(), 304, "wan21", "wan"),
+    # Flux dev (guidance embed kept: detection picks Flux, not FluxSchnell)
+    "flux": Family("Flux", _flux_unet(), 305, "taesd3", "flux", "float16"),
+    "lumina2": Family("Lumina2", _lumina2_unet(), 306, "taesd3", "lumina2", "float16"),
 }
 VAES = {"taesd3": 311, "wan21": 312}  # name -> seed
+# families at the real width (only their depth is reduced): hundreds of MB each, built on demand
+FULL_WIDTH = tuple(name for name, spec in FAMILIES.items() if spec.dtype != "float32")
 
 
 # ---------------------------------------------------------------- initialisation
@@ -152,8 +205,9 @@ def diffusion_state_dict(family: str) -> dict:
     import comfy.supported_models
 
     spec = FAMILIES[family]
+    dtype = getattr(torch, spec.dtype)
     config = getattr(comfy.supported_models, spec.config_class)(dict(spec.unet))
-    config.set_inference_dtype(torch.float32, None)
+    config.set_inference_dtype(dtype, None)  # built in the file's dtype: no second copy at full width
     model = config.get_model({}, device="cpu")
     net = model.diffusion_model
     if getattr(net, "pos_embed", None) is not None:  # MMDiT: a buffer ComfyUI creates empty; SD3's is sin-cos
@@ -163,7 +217,7 @@ def diffusion_state_dict(family: str) -> dict:
         table = get_2d_sincos_pos_embed(net.pos_embed.shape[-1], size)
         net.pos_embed.copy_(torch.from_numpy(table).reshape(net.pos_embed.shape))
     seeded_init(net, spec.seed)
-    sd = {k: v.detach().to(torch.float32).contiguous() for k, v in net.state_dict().items()}
+    sd = {k: v.detach().to(dtype).contiguous() for k, v in net.state_dict().items()}
     check_finite(sd, family)
     return sd
 
@@ -263,8 +317,32 @@ def build_text_encoder(kind: str, seed: int = 321):
         Target.tokenizer = wan.WanT5Tokenizer
         options = {"umt5xxl_model_config": {"num_layers": 1, "d_ff": 64, "num_heads": 2, "d_kv": 16,
                                             "vocab_size": 32000}}
+    elif kind == "flux":
+        import comfy.text_encoders.flux as flux
+
+        Target.clip = flux.flux_clip()
+        Target.tokenizer = flux.FluxTokenizer
+        tokenizer_data["t5xxl_min_length"] = FLUX_TEXT_TOKENS
+        options = {"t5xxl_model_config": {"d_model": FLUX_TEXT_WIDTH, "num_layers": 1, "d_ff": 128,
+                                          "num_heads": 2, "d_kv": 32},
+                   "clip_l_model_config": {"hidden_size": FLUX_POOLED_WIDTH, "intermediate_size": 128,
+                                           "num_attention_heads": 2, "num_hidden_layers": 1,
+                                           "projection_dim": FLUX_POOLED_WIDTH}}
+    elif kind == "lumina2":
+        import comfy.text_encoders.lumina2 as lumina2
+        import comfy.text_encoders.wan as wan
+
+        # Gemma's sentencepiece model ships inside users' text-encoder files: AuraFlow's stands in
+        spiece = Path(wan.__file__).parent / "t5_pile_tokenizer" / "tokenizer.model"
+        tokenizer_data["spiece_model"] = spiece.read_bytes()
+        Target.clip = lumina2.te()
+        Target.tokenizer = lumina2.LuminaTokenizer
+        # three layers: Lumina 2 reads the second-to-last hidden state, which ComfyUI requires to be inside
+        options = {"gemma2_2b_model_config": {"hidden_size": LUMINA2_TEXT_WIDTH, "intermediate_size": 128,
+                                              "num_hidden_layers": 3, "num_attention_heads": 2,
+                                              "num_key_value_heads": 1, "vocab_size": 32000}}
     else:
-        raise ValueError(f"unknown text encoder {kind!r}; known: sd3, wan")
+        raise ValueError(f"unknown text encoder {kind!r}; known: sd3, wan, flux, lumina2")
     clip = comfy.sd.CLIP(target=Target, tokenizer_data=tokenizer_data,
                          model_options={**options, "dtype": torch.float32})
     seeded_init(clip.cond_stage_model, seed)

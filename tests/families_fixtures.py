@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 FAMILY_TE_NODE = "ShapeFirstTestFamilyTextEncoder"
-TEXT_ENCODER_KINDS = ("sd3", "wan")
+TEXT_ENCODER_KINDS = ("sd3", "wan", "flux", "lumina2")
 _CLIPS: dict = {}
 
 
@@ -46,14 +46,29 @@ class FamilyTextEncoderNode:
 
 @pytest.fixture(scope="session")
 def family_files(comfy, runtime_paths) -> dict:
-    """File names (for UNETLoader / VAELoader) of every tiny family file, built once per machine."""
+    """File names (for UNETLoader / VAELoader) of every small family file, built once per machine
+    (the full-width families are in ``full_width_files``)."""
+    from devtools import families
+
+    return _ensure_files(runtime_paths, [f for f in families.FAMILIES if f not in families.FULL_WIDTH])
+
+
+@pytest.fixture(scope="session")
+def full_width_files(comfy, runtime_paths) -> dict:
+    """Like ``family_files`` for the families built at their real width (Flux, ...): hundreds of MB each."""
+    from devtools import families
+
+    return _ensure_files(runtime_paths, families.FULL_WIDTH)
+
+
+def _ensure_files(runtime_paths, family_names) -> dict:
     import folder_paths
 
     from devtools import families
 
     models = Path(runtime_paths["models"])
     names = {}
-    for family in families.FAMILIES:
+    for family in family_names:
         names[family] = families.ensure_diffusion_model(family, models).name
     for vae in families.VAES:
         names[f"vae:{vae}"] = families.ensure_vae(vae, models).name
@@ -66,11 +81,21 @@ def family_files(comfy, runtime_paths) -> dict:
 def family_models(family_files) -> dict:
     """``family_files``, with the test-only text-encoder node registered while the module runs (other
     modules list every node and must not see it)."""
+    yield from _with_te_node(family_files)
+
+
+@pytest.fixture(scope="module")
+def full_width_models(full_width_files) -> dict:
+    """``full_width_files`` with the test-only text-encoder node registered while the module runs."""
+    yield from _with_te_node(full_width_files)
+
+
+def _with_te_node(names):
     import nodes
 
     nodes.NODE_CLASS_MAPPINGS[FAMILY_TE_NODE] = FamilyTextEncoderNode
     try:
-        yield family_files
+        yield names
     finally:
         nodes.NODE_CLASS_MAPPINGS.pop(FAMILY_TE_NODE, None)
         _CLIPS.clear()  # release the encoders while ComfyUI is still importable
