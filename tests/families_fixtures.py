@@ -5,7 +5,7 @@ models folder (``diffusion_models/``, ``vae/``) and loaded by core ``UNETLoader`
 ComfyUI's text-encoder loaders accept no reduced config (see ``devtools.families``), so the text
 encoder is ComfyUI's own class at one layer, handed to the graph by a test-only node
 (``FAMILY_TE_NODE``) that this module registers for the session and removes afterwards; core
-``CLIPTextEncode`` encodes with it. Use with ``pytest_plugins = ["families_fixtures"]``.
+``CLIPTextEncode`` encodes with it. Registered for every test module by conftest.py.
 """
 
 from __future__ import annotations

@@ -19,7 +19,6 @@ import torch
 
 from test_families import WINDOW_ALL, _count_rows, _Eq9Reference, _samples, ksampler, truncated
 
-pytest_plugins = ["families_fixtures"]
 pytestmark = pytest.mark.comfy
 
 # family -> (model_base class, supported_models class, text encoder, VAE, VAE class, latent node inputs)
