@@ -102,7 +102,7 @@ class ComfyHarness:
         if not ok:
             raise GraphError(f"ComfyUI could not load the pack at {self.pack_dir}")
         self.loaded = True
-        self.executor = execution.PromptExecutor(self.server, cache_type=False, cache_args={"lru": 0, "ram": 0})
+        self.executor = execution.PromptExecutor(self.server, cache_type=False, cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
         return self
 
     # -- introspection ------------------------------------------------------------------
@@ -148,7 +148,7 @@ class ComfyHarness:
         import execution
 
         if fresh_cache:
-            self.executor = execution.PromptExecutor(self.server, cache_type=False, cache_args={"lru": 0, "ram": 0})
+            self.executor = execution.PromptExecutor(self.server, cache_type=False, cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
         prompt_id = str(uuid.uuid4())
         valid, error, to_run, node_errors = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
         if not valid and error.get("type") == "prompt_no_outputs" and outputs:
