@@ -52,6 +52,8 @@ class RunResult:
     def output(self, node_id: str):
         """The raw output tuple of a node (tensors, dicts...) from the executor's cache."""
         entry = self.executor.caches.outputs.get(str(node_id))
+        if asyncio.iscoroutine(entry):  # newer ComfyUI: the cache's get is async
+            entry = asyncio.run(entry)
         if entry is None:
             raise KeyError(f"node {node_id} has no cached output")
         return getattr(entry, "outputs", entry)
