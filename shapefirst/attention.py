@@ -5,6 +5,7 @@ position, averaged over heads and over all cross-attention layers, with each lay
 one common grid. Everything here is plain torch on whatever device the tensors live on:
 
 * ``head_mean_probs`` computes the probabilities of one attention call in bounded chunks;
+* ``joint_text_probs`` takes the image-query x text-key part of a joint attention call;
 * ``fold_repeats`` undoes ComfyUI's repetition of a shorter context (cond/uncond batching);
 * ``resample`` moves a map to the common grid and keeps every pixel's distribution summing to 1;
 * ``EvalAccumulator`` sums the layers of one model evaluation as they come;
@@ -65,6 +66,31 @@ def head_mean_probs(q: torch.Tensor, k: torch.Tensor, heads: int, skip_reshape: 
         probs = scores.softmax(dim=-1).view(b, h, stop - start, kn)
         out[:, start:stop] = probs.sum(dim=1)
     return out.mul_(1.0 / h)
+
+
+def joint_text_probs(q: torch.Tensor, k: torch.Tensor, heads: int, text: int, image: int,
+                     skip_reshape: bool = False, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Joint attention over [text; image; ...] tokens (SD3/MMDiT, Flux): the image queries'
+    probabilities on the text keys, (B, image, text), renormalised over the text keys.
+
+    Per head this is softmax over the text keys only of q_img k_txt^T / sqrt(d), which equals
+    the image-query x text-key block of the joint softmax divided by its row sum (the share of
+    the query's attention that goes to text); then the mean over heads. Renormalised because:
+    each pixel's map is then a distribution over the prompt's tokens, like a UNet's
+    cross-attention map, so the two are read (and averaged, resampled, viewed) the same way;
+    the raw block shrinks as the image-token count grows (more image keys share the softmax),
+    which would make resolutions and steps incomparable; and it needs only the image x text
+    scores, never the image x image ones (cheap, bounded memory). The share itself is not kept.
+    """
+    if skip_reshape:
+        qi, kt = q[:, :, text:text + image], k[:, :, :text]
+    else:
+        qi, kt = q[:, text:text + image], k[:, :text]
+    if mask is not None:  # over the joint sequence: keep the same block (query rows only when it has them)
+        if mask.shape[-2] > 1 and (mask.ndim >= 3 or mask.dtype != torch.bool):  # (B, K) bool: keys only
+            mask = mask[..., text:text + image, :]
+        mask = mask[..., :text]
+    return head_mean_probs(qi, kt, heads, skip_reshape=skip_reshape, mask=mask)
 
 
 def _expand_mask(mask: torch.Tensor, b: int, h: int, n: int, kn: int) -> torch.Tensor:

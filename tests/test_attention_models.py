@@ -111,3 +111,76 @@ def test_pixart_cross_attention_is_captured_through_an_object_patch(comfy):
     b = comfy.sample.sample(pixart, noise, 2, 4.0, "euler", "normal", pos, neg, latent, seed=1, disable_pbar=True)
     assert torch.equal(a, b)  # identical sampling, and sampling the plain model removed the object patches
     assert all(blk.cross_attn.forward.__func__ is MultiHeadCrossAttention.forward for blk in blocks)
+
+
+def _tiny_flux():
+    import dataclasses
+
+    import comfy.ldm.flux.model as flux_model
+    import comfy.model_patcher as mp
+    import comfy.supported_models as sm
+
+    unet = {"image_model": "flux", "guidance_embed": False, "in_channels": 16, "out_channels": 16, "vec_in_dim": 32,
+            "context_in_dim": 32, "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 4, "depth": 1,
+            "depth_single_blocks": 1, "axes_dim": [4, 6, 6], "theta": 10000, "patch_size": 2, "qkv_bias": True}
+    if "txt_ids_dims" in {f.name for f in dataclasses.fields(flux_model.FluxParams)}:
+        unet["txt_ids_dims"] = []  # newer ComfyUI: which text-id axes carry positions (none for Flux.1)
+    config = sm.Flux(unet)
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({})
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.diffusion_model.named_parameters():
+            # RMS-norm scales of q and k at 1 (not near 0): attention far from uniform over the tokens
+            qk_norm = "query_norm" in name or "key_norm" in name
+            p.copy_(torch.ones(p.shape) if qk_norm else torch.randn(p.shape, generator=g) * 0.05)
+    return mp.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+def test_flux_joint_attention_image_to_text_probabilities(comfy):
+    import comfy.sample
+    import nodes
+
+    flux = _tiny_flux()
+    text, (h, w) = 6, (8, 12)  # latent 8x12, patch 2: 4x6 = 24 image tokens
+    seen = []
+
+    def observe(func, *args, **kwargs):  # the test's own override, installed first: the capture chains it
+        q, k = args[0], args[1]
+        seen.append((list(kwargs["transformer_options"]["cond_or_uncond"]), q.double().clone(), k.double().clone()))
+        return func(*args, **kwargs)
+
+    first = flux.clone()
+    first.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = observe
+    out = nodes.NODE_CLASS_MAPPINGS["AttentionMapCapture"].execute(first, **{**CAPTURE, "keep_layers": True})
+    captured, rec = out.args
+    g = torch.Generator().manual_seed(1)
+    pos = [[torch.randn(1, text, 32, generator=g), {"pooled_output": torch.randn(1, 32, generator=g)}]]
+    neg = [[torch.randn(1, text, 32, generator=g), {"pooled_output": torch.randn(1, 32, generator=g)}]]
+    latent = torch.zeros(1, 16, h, w)
+    noise = torch.randn(latent.shape, generator=g)
+    a = comfy.sample.sample(captured, noise, 2, 3.0, "euler", "normal", pos, neg, latent, seed=1, disable_pbar=True)
+    b = comfy.sample.sample(flux, noise, 2, 3.0, "euler", "normal", pos, neg, latent, seed=1, disable_pbar=True)
+    assert torch.equal(a, b)  # sampling with the capture is bit-identical to sampling the plain model
+
+    run = rec.run
+    assert run.model_kind == "joint" and run.grid == (4, 6) and len(run.layer_names) == 2  # 1 double + 1 single
+    assert run.token_count == {0: text, 1: text} and run.steps(0) == run.steps(1) == [0, 1]
+    assert len(seen) == 2 * 2  # two joint calls per evaluation (cond and uncond batched), two steps
+    n_img = (h // 2) * (w // 2)
+    for i, (chunks, q, k) in enumerate(seen):
+        step, layer = i // 2, run.layer_names[i % 2]
+        # the full joint softmax over [text; image] keys from the layer's own q and k, per head ...
+        joint = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)  # (B, H, L, L)
+        block = joint[:, :, text:text + n_img, :text]  # ... its image-query x text-key block ...
+        want = (block / block.sum(-1, keepdim=True)).mean(1)  # ... renormalised over text, mean of heads
+        for ci, branch in enumerate(chunks):
+            got = run.layers[branch][step][layer][0].double()  # (text, 4, 6)
+            ref = want[ci].transpose(0, 1).reshape(text, h // 2, w // 2)
+            assert torch.allclose(got, ref, rtol=1e-3, atol=1e-5), (step, layer, branch, (got - ref).abs().max())
+    for branch in (0, 1):
+        for step in (0, 1):
+            sums = run.maps[branch][step].float().sum(1)
+            assert torch.allclose(sums, torch.ones_like(sums), atol=1e-3)  # a distribution over text per pixel
+    assert not torch.allclose(run.maps[0][0].float(), run.maps[1][0].float(), atol=1e-2)  # prompts differ
+    assert run.maps[0][0].float().std() > 1e-2  # not uniform over the text tokens
