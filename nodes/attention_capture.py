@@ -125,7 +125,7 @@ class AttentionMapCapture(io.ComfyNode):
             outputs=[
                 io.Model.Output("captured_model", display_name="model",
                                 tooltip="The same model with the capture attached; connect it to your sampler."),
-                AttentionCaptureType.Output("capture", tooltip="Connect to Attention Map View or Attention Map Compare."),
+                AttentionCaptureType.Output("capture", display_name="capture", tooltip="Connect to Attention Map View or Attention Map Compare."),
             ],
             not_idempotent=True,  # each capture node records its own run, even with identical inputs
         )

@@ -72,8 +72,8 @@ class AttentionMapCompare(io.ComfyNode):
                                 tooltip="JSON and CSV files are saved under ComfyUI's output folder with this prefix."),
             ],
             outputs=[
-                io.Image.Output("chart", tooltip="KL(A||B) and KL(B||A) over the steps."),
-                io.String.Output("kl_json", tooltip="The KL values as JSON text."),
+                io.Image.Output("chart", display_name="chart", tooltip="KL(A||B) and KL(B||A) over the steps."),
+                io.String.Output("kl_json", display_name="kl_json", tooltip="The KL values as JSON text."),
             ],
             is_output_node=True,
         )

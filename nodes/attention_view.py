@@ -86,9 +86,9 @@ class AttentionMapView(io.ComfyNode):
                                         "output folder with this prefix."),
             ],
             outputs=[
-                io.Image.Output("heatmaps", tooltip="Grid of heatmaps: rows = tokens, columns = steps."),
-                io.Image.Output("chart", tooltip="Token-class weights and edge F1 over steps."),
-                io.String.Output("metrics_json", tooltip="Every metric as JSON text."),
+                io.Image.Output("heatmaps", display_name="heatmaps", tooltip="Grid of heatmaps: rows = tokens, columns = steps."),
+                io.Image.Output("chart", display_name="chart", tooltip="Token-class weights and edge F1 over steps."),
+                io.String.Output("metrics_json", display_name="metrics_json", tooltip="Every metric as JSON text."),
             ],
             is_output_node=True,
         )

@@ -264,8 +264,8 @@ class EOSSwapConditioning(io.ComfyNode):
                                       "same model family as clip. Default: clip."),
             ],
             outputs=[
-                io.Conditioning.Output("conditioning", tooltip="The composed conditioning, for a sampler's positive."),
-                io.String.Output("token_table", tooltip="Every output position: token, role, and which row "
+                io.Conditioning.Output("conditioning", display_name="conditioning", tooltip="The composed conditioning, for a sampler's positive."),
+                io.String.Output("token_table", display_name="token_table", tooltip="Every output position: token, role, and which row "
                                                         "of which prompt fills it."),
             ],
         )

@@ -114,7 +114,7 @@ class FrequencyTrace(io.ComfyNode):
             inputs=[io.Model.Input("model", tooltip="The model to sample with. It is cloned, never modified.")],
             outputs=[
                 io.Model.Output("traced_model", display_name="model", tooltip="The same model with recording attached; connect it to your sampler."),
-                FrequencyTraceType.Output("trace", tooltip="Connect to Frequency Curves."),
+                FrequencyTraceType.Output("trace", display_name="trace", tooltip="Connect to Frequency Curves."),
             ],
             not_idempotent=True,  # each trace node records its own run, even with identical inputs
         )
@@ -191,8 +191,8 @@ class FrequencyCurves(io.ComfyNode):
                                 tooltip="JSON and CSV files are saved under ComfyUI's output folder with this prefix."),
             ],
             outputs=[
-                io.Image.Output("chart", tooltip="The curves as an image."),
-                io.String.Output("curves_json", tooltip="The curves as JSON text."),
+                io.Image.Output("chart", display_name="chart", tooltip="The curves as an image."),
+                io.String.Output("curves_json", display_name="curves_json", tooltip="The curves as JSON text."),
             ],
             is_output_node=True,
         )

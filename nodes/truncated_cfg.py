@@ -200,7 +200,7 @@ class TruncatedCFGSampler(io.ComfyNode):
                 *window_inputs(),
                 text_cache_input(),
             ],
-            outputs=[io.Latent.Output(tooltip="The denoised latent.")],
+            outputs=[io.Latent.Output("latent", display_name="LATENT", tooltip="The denoised latent.")],
         )
 
     @classmethod
@@ -247,7 +247,7 @@ class TruncatedCFGGuider(io.ComfyNode):
                 *window_inputs(),
                 text_cache_input(),
             ],
-            outputs=[io.Guider.Output(tooltip="Connect to SamplerCustomAdvanced.")],
+            outputs=[io.Guider.Output("guider", display_name="GUIDER", tooltip="Connect to SamplerCustomAdvanced.")],
             hidden=[io.Hidden.unique_id],
         )
 
