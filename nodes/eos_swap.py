@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..shapefirst import compose as cmp
+from ..shapefirst import ui_keys
 from ..shapefirst.tokens import EOS, PAD, ROLE_LABELS, SEM, SOS, TokenLayoutError, format_table, prompt_roles, \
     repeat_semantic, semantic_count, token_text
 from . import _clip_tokens as ct
@@ -218,7 +219,7 @@ def build(clip, prompt_a, prompt_b, sos_from="A", sem_from="A", eos_from="B", pa
     return conditioning, f"{title}\n\n{text}", payload
 
 
-TokenTableUI = "shapefirst_tokens"
+TokenTableUI = ui_keys.TOKENS
 
 
 class EOSSwapConditioning(io.ComfyNode):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from ..shapefirst import ui_keys
 from ._api import io
 from ._common import CATEGORY, LOGGER, ShapeFirstInputError, as_validation
 from .truncated_cfg_patch import (MODE_ADAPTIVE, MODE_FIXED, TAIL_COND, TAIL_UNCOND, TruncationSettings,
@@ -122,7 +123,7 @@ class TruncatedCFGSampler(io.ComfyNode):
         report = controller.report.as_dict() if controller.report else {}
         report["settings"] = {"start": settings.start, "end": settings.end, "tail": settings.tail,
                               "window": settings.mode, "threshold": settings.threshold, "cfg": settings.cfg}
-        return io.NodeOutput(latent, ui={"shapefirst_guidance": [report]})
+        return io.NodeOutput(latent, ui={ui_keys.GUIDANCE: [report]})
 
 
 class TruncatedCFGGuider(io.ComfyNode):
@@ -178,6 +179,6 @@ def _send_report(node_id, report) -> None:
         from server import PromptServer
 
         server = PromptServer.instance
-        server.send_sync("shapefirst.guidance", {"node": str(node_id), "report": report}, server.client_id)
+        server.send_sync(ui_keys.GUIDANCE_EVENT, {"node": str(node_id), "report": report}, server.client_id)
     except Exception as exc:  # no server (headless run): the log line is enough
         LOGGER.debug("could not send the guidance report to the browser: %s", exc)
