@@ -4,13 +4,16 @@
 // with textContent or drawn on a canvas, never parsed as HTML.
 import { app } from "../../scripts/app.js";
 import { drawFigure } from "./chart.js";
-import { UI_KEYS, addView, el, fileLinks, nodesOf, onExecuted, viewUrl } from "./common.js";
+import { UI_KEYS, addView, el, fileLinks, nodesOf, onExecuted, onNodeCreated, viewUrl } from "./common.js";
 
 const VIEW_NODES = nodesOf("attention");
 const COMPARE_NODES = nodesOf("attention_kl");
 const RAMP = [[0, 0, 5], [66, 10, 105], [148, 38, 102], [222, 82, 59], [250, 153, 10], [252, 252, 163]];
 // Heights of the whole view: everything is scaled into it, nothing spills below the node.
-const HEIGHTS = { "attention-view": 760, "attention-compare": 300 };
+const KINDS = {
+  "attention-view": { height: 760, placeholder: "attention maps and Fig. 1b/3 curves: shown after a run" },
+  "attention-compare": { height: 300, placeholder: "Fig. 16 KL curves: shown after a run" },
+};
 
 function loadImage(f) {
   return new Promise((resolve, reject) => {
@@ -30,7 +33,7 @@ function ramp(v) {
 
 function ensureView(node, kind) {
   if (node.shapefirstAttention) return node.shapefirstAttention;
-  const { root, widget } = addView(node, "shapefirst_attention", kind, HEIGHTS[kind]);
+  const view = addView(node, "shapefirst_attention", kind, KINDS[kind].height, { placeholder: KINDS[kind].placeholder });
   const controls = el("div", "flex:0 0 auto;display:flex;gap:6px;align-items:center;flex-wrap:wrap");
   const select = el("select", "max-width:55%;background:#222;color:#ddd");
   const slider = el("input", "flex:1 1 80px");
@@ -48,9 +51,9 @@ function ensureView(node, kind) {
   chartCanvas.height = kind === "attention-view" ? 420 : 240;
   const summary = el("div", "flex:0 0 auto");
   const files = el("div", "flex:0 0 auto");
-  if (kind === "attention-view") root.append(controls, mapCanvas);
-  root.append(chartCanvas, summary, files);
-  const view = { root, select, slider, stepLabel, mapCanvas, chartCanvas, summary, files, widget, data: null };
+  if (kind === "attention-view") view.body.append(controls, mapCanvas);
+  view.body.append(chartCanvas, summary, files);
+  Object.assign(view, { select, slider, stepLabel, mapCanvas, chartCanvas, summary, files, data: null });
   select.addEventListener("change", () => drawMap(view));
   slider.addEventListener("input", () => drawMap(view));
   node.shapefirstAttention = view;
@@ -93,6 +96,7 @@ export function drawMap(view) {
 
 export async function showAttentionView(node, d) {
   const view = ensureView(node, "attention-view");
+  view.open();
   view.data = d;
   view.select.replaceChildren();
   d.sprite_rows.forEach((pos, k) => {
@@ -112,6 +116,7 @@ export async function showAttentionView(node, d) {
 
 export function showAttentionCompare(node, d) {
   const view = ensureView(node, "attention-compare");
+  view.open();
   drawFigure(view.chartCanvas, "attention_kl", d);
   view.summary.textContent = `${d.steps.length} common steps, ${d.branch} branch`;
   view.root.dataset.steps = String(d.steps.length);
@@ -123,12 +128,14 @@ app.registerExtension({
   name: "ShapeFirst.attention",
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (VIEW_NODES.has(nodeData.name)) {
+      onNodeCreated(nodeType, (node) => ensureView(node, "attention-view"));
       onExecuted(nodeType, (node, message) => {
         const view = message?.[UI_KEYS.ui.attention]?.[0];
         if (view) showAttentionView(node, view).catch((e) => console.warn("ShapeFirst attention view:", e));
       });
     }
     if (COMPARE_NODES.has(nodeData.name)) {
+      onNodeCreated(nodeType, (node) => ensureView(node, "attention-compare"));
       onExecuted(nodeType, (node, message) => {
         const kl = message?.[UI_KEYS.ui.attention_kl]?.[0];
         if (kl) showAttentionCompare(node, kl);

@@ -42,6 +42,7 @@ export function fileLinks(container, files) {
 
 // Views fill the space the classic canvas gives their widget; inside a Vue node (Nodes 2.0),
 // where a DOM widget is as tall as its content, they keep their own height and never shrink.
+const PLACEHOLDER_HEIGHT = 16;
 const STYLE = `.shapefirst-view { height: 100%; }
 [data-node-id] .shapefirst-view { height: var(--shapefirst-height); flex: 0 0 auto; }`;
 
@@ -53,17 +54,22 @@ function addStyle() {
   document.head.appendChild(style);
 }
 
-// The view's root element for `node`, made once: a DOM widget of a fixed height in both node
-// modes. Long content scrolls inside the view, the node grows to hold it.
-export function addView(node, name, kind, height, width = 440) {
+// A view inside `node`: a DOM widget made when the node is created (front ends that draw nodes
+// with Vue do not always show a widget added later), showing one line until the node's first
+// result, then `height` (canvas units in the classic canvas, CSS pixels in Vue nodes; long
+// content scrolls inside it). `view.body` holds the content; `view.open()` shows it.
+export function addView(node, name, kind, height, { width = 440, placeholder = "" } = {}) {
   addStyle();
-  const root = el("div", `--shapefirst-height:${height}px;display:flex;flex-direction:column;gap:4px;width:100%;` +
-    "box-sizing:border-box;overflow:hidden;font:11px sans-serif;color:#ccc");
+  const root = el("div", "display:flex;flex-direction:column;width:100%;box-sizing:border-box;overflow:hidden;" +
+    "font:11px sans-serif;color:#ccc");
   root.className = "shapefirst-view";
   root.dataset.shapefirst = kind;
-  let widget = null;
-  const full = () => height + 2 * (widget?.margin ?? 10);  // the widget's slot includes its margins
-  widget = node.addDOMWidget(name, name, root, {
+  const note = el("div", "flex:0 0 auto;color:#888;font-style:italic;white-space:nowrap;overflow:hidden", placeholder);
+  const body = el("div", "display:none;flex:1 1 0;min-height:0;flex-direction:column;gap:4px");
+  root.append(note, body);
+  const view = { root, body, widget: null, height: PLACEHOLDER_HEIGHT, opened: false };
+  const full = () => view.height + 2 * (view.widget?.margin ?? 10);  // the widget's slot includes its margins
+  view.widget = node.addDOMWidget(name, name, root, {
     serialize: false,
     hideOnZoom: false,
     getValue() { return undefined; },
@@ -71,12 +77,34 @@ export function addView(node, name, kind, height, width = 440) {
     getMinHeight: full,
     getMaxHeight: full,
   });
-  widget.serialize = false;
-  const [w, h] = node.size;
-  const min = node.computeSize?.() ?? [w, h];
-  node.setSize([Math.max(w, min[0], width), Math.max(h, min[1])]);
-  node.setDirtyCanvas?.(true, true);
-  return { root, widget };
+  view.widget.serialize = false;
+  const setHeight = (h) => {
+    view.height = h;
+    root.style.setProperty("--shapefirst-height", `${h}px`);
+  };
+  setHeight(PLACEHOLDER_HEIGHT);
+  view.open = () => {
+    if (view.opened) return;
+    view.opened = true;
+    note.style.display = "none";
+    body.style.display = "flex";
+    setHeight(height);
+    const [w, h] = node.size;
+    const min = node.computeSize?.() ?? [w, h];
+    node.setSize([Math.max(w, min[0], width), Math.max(h, min[1])]);
+    node.setDirtyCanvas?.(true, true);
+  };
+  return view;
+}
+
+// Call `handler(node)` when a node of this type is made (after the type's own onNodeCreated).
+export function onNodeCreated(nodeType, handler) {
+  const previous = nodeType.prototype.onNodeCreated;
+  nodeType.prototype.onNodeCreated = function () {
+    const result = previous?.apply(this, arguments);
+    handler(this);
+    return result;
+  };
 }
 
 // Call `handler(node, message)` after the node type's own onExecuted (and any other extension's).

@@ -5,27 +5,34 @@
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import { drawFigure } from "./chart.js";
-import { UI_KEYS, addView, el, fileLinks, nodeByExecutionId, nodesOf, onExecuted } from "./common.js";
+import { UI_KEYS, addView, el, fileLinks, nodeByExecutionId, nodesOf, onExecuted, onNodeCreated } from "./common.js";
 
 const CURVE_NODES = nodesOf("curves");
 const GUIDANCE_NODES = nodesOf("guidance");
 const CANVAS_WIDTH = 420;
 
-function ensureView(node, kind, canvasHeight) {
+const KINDS = {
+  "frequency-curves": { height: 600, placeholder: "Fig. 2b/2c curves: shown after a run" },
+  guidance: { height: 360, placeholder: "Fig. 8b guidance report: shown after a run" },
+};
+
+function ensureView(node, kind) {
   if (node.shapefirstView) return node.shapefirstView;
-  const { root, widget } = addView(node, "shapefirst_chart", kind, canvasHeight + 64);
-  const canvas = el("canvas", "width:100%;flex:1 1 0;min-height:0;object-fit:contain;object-position:top left");
-  canvas.width = CANVAS_WIDTH;
-  canvas.height = canvasHeight;
-  const summary = el("div", "flex:0 0 auto");
-  const files = el("div", "flex:0 0 auto");
-  root.append(canvas, summary, files);
-  node.shapefirstView = { root, canvas, summary, files, widget };
-  return node.shapefirstView;
+  const { height, placeholder } = KINDS[kind];
+  const view = addView(node, "shapefirst_chart", kind, height + 64, { placeholder });
+  view.canvas = el("canvas", "width:100%;height:auto;flex:0 1 auto;min-height:0;object-fit:contain;object-position:top left");
+  view.canvas.width = CANVAS_WIDTH;
+  view.canvas.height = height;
+  view.summary = el("div", "flex:0 0 auto");
+  view.files = el("div", "flex:0 0 auto");
+  view.body.append(view.canvas, view.summary, view.files);
+  node.shapefirstView = view;
+  return view;
 }
 
 export function showFrequencyCurves(node, data) {
-  const view = ensureView(node, "frequency-curves", 600);
+  const view = ensureView(node, "frequency-curves");
+  view.open();
   const panels = drawFigure(view.canvas, "frequency_curves", data);
   view.root.dataset.steps = String(data.steps ?? 0);
   view.root.dataset.series = String(panels.reduce((n, p) => n + p.series.filter((s) => s.values.length).length, 0));
@@ -35,7 +42,8 @@ export function showFrequencyCurves(node, data) {
 }
 
 export function showGuidance(node, report) {
-  const view = ensureView(node, "guidance", 360);
+  const view = ensureView(node, "guidance");
+  view.open();
   const panels = drawFigure(view.canvas, "guidance", report);
   const saved = (100 * (Number(report.saved_fraction) || 0)).toFixed(1);
   const stop = report.stop_step == null ? "" : `, adaptive stop at step ${report.stop_step}`;
@@ -61,12 +69,14 @@ app.registerExtension({
   },
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (CURVE_NODES.has(nodeData.name)) {
+      onNodeCreated(nodeType, (node) => ensureView(node, "frequency-curves"));
       onExecuted(nodeType, (node, message) => {
         const curves = message?.[UI_KEYS.ui.curves]?.[0];
         if (curves) showFrequencyCurves(node, curves);
       });
     }
     if (GUIDANCE_NODES.has(nodeData.name)) {
+      onNodeCreated(nodeType, (node) => ensureView(node, "guidance"));
       onExecuted(nodeType, (node, message) => {
         const report = message?.[UI_KEYS.ui.guidance]?.[0];
         if (report) showGuidance(node, report);

@@ -3,7 +3,7 @@
 // The table scrolls inside a view of fixed height (77 rows per encoder would otherwise make the
 // node about 1,600 units tall). Prompts come from strangers: text is set with textContent only.
 import { app } from "../../scripts/app.js";
-import { UI_KEYS, addView, el, nodesOf, onExecuted } from "./common.js";
+import { UI_KEYS, addView, el, nodesOf, onExecuted, onNodeCreated } from "./common.js";
 
 const TABLE_NODES = nodesOf("tokens");
 const HEIGHT = 260;
@@ -12,13 +12,14 @@ const SOURCE_COLOURS = { A: "#cfe3ff", B: "#ffd9b3", zeros: "#999", noise: "#c9a
 
 function ensureView(node) {
   if (node.shapefirstTokens) return node.shapefirstTokens;
-  const { root, widget } = addView(node, "shapefirst_tokens", "token-table", HEIGHT, 420);
-  const title = el("div", "flex:0 0 auto;color:#aaa;white-space:normal");
-  const tables = el("div", "flex:1 1 0;min-height:0;overflow:auto;font:11px monospace");
-  tables.dataset.scroll = "";
-  root.append(title, tables);
-  node.shapefirstTokens = { root, title, tables, widget };
-  return node.shapefirstTokens;
+  const view = addView(node, "shapefirst_tokens", "token-table", HEIGHT,
+    { width: 420, placeholder: "token table: shown after a run" });
+  view.title = el("div", "flex:0 0 auto;color:#aaa;white-space:normal");
+  view.tables = el("div", "flex:1 1 0;min-height:0;overflow:auto;font:11px monospace");
+  view.tables.dataset.scroll = "";
+  view.body.append(view.title, view.tables);
+  node.shapefirstTokens = view;
+  return view;
 }
 
 function encoderTable(encoder) {
@@ -48,6 +49,7 @@ function encoderTable(encoder) {
 
 export function showTokenTable(node, payload) {
   const view = ensureView(node);
+  view.open();
   view.title.textContent = String(payload?.title ?? "");
   const encoders = Array.isArray(payload?.encoders) ? payload.encoders : [];
   view.tables.replaceChildren(...encoders.map(encoderTable));
@@ -59,6 +61,7 @@ app.registerExtension({
   name: "ShapeFirst.tokenTable",
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (!TABLE_NODES.has(nodeData.name)) return;
+    onNodeCreated(nodeType, ensureView);
     onExecuted(nodeType, (node, message) => {
       const payload = message?.[UI_KEYS.ui.tokens]?.[0];
       if (payload) showTokenTable(node, payload);

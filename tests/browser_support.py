@@ -134,7 +134,7 @@ class PackPage:
             """([kind, attribute, count]) => {
               const roots = Array.from(document.querySelectorAll(`[data-shapefirst="${kind}"]`));
               return roots.filter(r => r.dataset[attribute] !== undefined).length >= count;
-            }""", [kind, attribute, count], timeout=timeout)
+            }""", arg=[kind, attribute, count], timeout=timeout)
 
     def show_node(self, node_id) -> None:
         """Centre the canvas on a node of the graph shown, at scale 1, and let the page draw."""
