@@ -24,9 +24,8 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
 MODES = ("classic", "vue")
 PACK = comfy_server.PACK_DIR_NAME
 # Console lines of the 0.3.75 backend's gap to newer front ends and of the closed network: not the pack's.
-NOISE = re.compile(r"/api/jobs|/api/userdata|/api/experiment|/internal/|ERR_NAME_NOT_RESOLVED|ERR_CONNECTION_REFUSED|"
-                   r"ERR_INTERNET_DISCONNECTED|ERR_ADDRESS_UNREACHABLE|ERR_NETWORK|Failed to fetch|"
-                   r"net::ERR_|status of 404", re.I)
+NOISE = re.compile(r"/api/jobs|/api/userdata|ERR_NAME_NOT_RESOLVED|ERR_CONNECTION_REFUSED|ERR_INTERNET_DISCONNECTED|"
+                   r"ERR_ADDRESS_UNREACHABLE|ERR_NETWORK_CHANGED", re.I)
 
 
 class FrontendServer(comfy_server.ComfyServer):
@@ -72,22 +71,18 @@ class PackPage:
         srv.post_json("/settings", {"Comfy.TutorialCompleted": True, "Comfy.VueNodes.Enabled": mode == "vue"})
         self.page = browser.new_page(viewport={"width": 1600, "height": 1000})
         self.console: list[str] = []
-        self.page.on("console", lambda msg: self.console.append(f"{msg.type}: {msg.text}"))
-        self.page.on("pageerror", lambda exc: self.console.append(f"pageerror: {exc}"))
+        self.page.on("console", lambda msg: self.console.append(
+            f"{msg.type}: {msg.text} (at {(msg.location or {}).get('url', '')})"))
+        self.page.on("pageerror", lambda exc: self.console.append(f"pageerror: {exc.message}\n{exc.stack}"))
         self.page.goto(srv.url)
         self.page.wait_for_function("window.app && window.app.graph && window.app.extensionManager", timeout=90_000)
         self.page.wait_for_timeout(500)
         self.prompts = len(srv.get_json("/history"))
 
     def pack_console_lines(self) -> list[str]:
-        """Console lines that mention the pack (and page errors), without the known noise."""
-        out = []
-        for line in self.console:
-            if NOISE.search(line):
-                continue
-            if line.startswith("pageerror") or re.search(r"shapefirst", line, re.I):
-                out.append(line)
-        return out
+        """Console lines and uncaught errors that mention the pack (its messages, its files in a
+        stack or as the source), without the known noise."""
+        return [line for line in self.console if re.search(r"shapefirst", line, re.I) and not NOISE.search(line)]
 
     def evaluate(self, script: str, arg=None):
         return self.page.evaluate(script, arg)

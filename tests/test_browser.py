@@ -192,11 +192,14 @@ def test_fig2_workflow_runs_in_the_browser_and_shows_preview_and_chart(page, out
 
     # Frequency Split Preview: its image preview is loaded in the node
     split_id = next(n["id"] for n in shipped["nodes"] if n["type"] == "FrequencySplitPreview")
-    page.page.wait_for_function(
-        f"""() => {{ const n = app.graph.getNodeById({split_id});
-                    return n.imgs && n.imgs.length > 0 && n.imgs[0].complete && n.imgs[0].naturalWidth > 0; }}""",
-        timeout=60_000)
-    size = page.evaluate(f"(n => [n.imgs[0].naturalWidth, n.imgs[0].naturalHeight])(app.graph.getNodeById({split_id}))")
+    # (the classic canvas keeps it in node.imgs, a Vue node shows it as an <img> element)
+    loaded = """(id) => {
+      const n = app.graph.getNodeById(id);
+      const img = n.imgs?.[0] ?? document.querySelector(`[data-node-id="${id}"] img`);
+      return img && img.complete && img.naturalWidth > 0 ? [img.naturalWidth, img.naturalHeight] : null;
+    }"""
+    page.page.wait_for_function(loaded, arg=split_id, timeout=60_000)
+    size = page.evaluate(loaded, split_id)
     assert size[0] > 3 * 64 and size[1] == 64 + 16  # input | low | high, decoded, with labels
     page.show_node(curves_id)
     _shot(page, output_dir, name)
