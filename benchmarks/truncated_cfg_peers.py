@@ -54,7 +54,6 @@ def run(args, model, pos, empty, latent, ckpt_name, sync, median_interval) -> No
     # T-GATE's gate is a sigma (percent_to_sigma(start_at)); it guides the steps whose sigma is above it
     sigma_gate = model_sampling.percent_to_sigma(gate)
     k = sum(1 for s in sigmas[:-1] if s > sigma_gate)
-    edge = sigmas[k]
 
     def sample(m, cfg=CFG, positive=pos):
         return ksampler.sample(m, 1, steps, cfg, SAMPLER, SCHEDULER, positive, empty, latent)[0]["samples"]

@@ -3,19 +3,17 @@
 // View and Attention Map Compare. Server and prompt text (token labels, file names) is only set
 // with textContent or drawn on a canvas, never parsed as HTML.
 import { app } from "../../scripts/app.js";
-import { drawPanels } from "./chart.js";
+import { drawFigure } from "./chart.js";
+import { UI_KEYS, addView, el, fileLinks, nodesOf, onExecuted, onNodeCreated, viewUrl } from "./common.js";
 
-const VIEW = "AttentionMapView";
-const COMPARE = "AttentionMapCompare";
-const ROLES = ["SOS", "SEM", "EOS", "PAD"];
+const VIEW_NODES = nodesOf("attention");
+const COMPARE_NODES = nodesOf("attention_kl");
 const RAMP = [[0, 0, 5], [66, 10, 105], [148, 38, 102], [222, 82, 59], [250, 153, 10], [252, 252, 163]];
-
-function viewUrl(f) {
-  const params = new URLSearchParams({
-    filename: String(f.filename), subfolder: String(f.subfolder || ""), type: String(f.type || "output"),
-  });
-  return `/api/view?${params.toString()}`;
-}
+// Heights of the whole view: everything is scaled into it, nothing spills below the node.
+const KINDS = {
+  "attention-view": { height: 760, placeholder: "attention maps and Fig. 1b/3 curves: shown after a run" },
+  "attention-compare": { height: 300, placeholder: "Fig. 16 KL curves: shown after a run" },
+};
 
 function loadImage(f) {
   return new Promise((resolve, reject) => {
@@ -33,29 +31,10 @@ function ramp(v) {
   return RAMP[i].map((a, k) => Math.round(a * (1 - f) + RAMP[i + 1][k] * f));
 }
 
-function el(tag, css, text) {
-  const e = document.createElement(tag);
-  if (css) e.style.cssText = css;
-  if (text !== undefined) e.textContent = String(text);
-  return e;
-}
-
-function fileLinks(container, files) {
-  container.replaceChildren();
-  for (const f of files || []) {
-    const a = el("a", "color:#8ab4f8;margin-right:8px", f.filename);
-    a.href = viewUrl(f);
-    a.target = "_blank";
-    a.rel = "noopener";
-    container.appendChild(a);
-  }
-}
-
 function ensureView(node, kind) {
   if (node.shapefirstAttention) return node.shapefirstAttention;
-  const root = el("div", "display:flex;flex-direction:column;gap:4px;width:100%;height:100%;font:11px sans-serif;color:#ccc");
-  root.dataset.shapefirst = kind;
-  const controls = el("div", "display:flex;gap:6px;align-items:center;flex-wrap:wrap");
+  const view = addView(node, "shapefirst_attention", kind, KINDS[kind].height, { placeholder: KINDS[kind].placeholder });
+  const controls = el("div", "flex:0 0 auto;display:flex;gap:6px;align-items:center;flex-wrap:wrap");
   const select = el("select", "max-width:55%;background:#222;color:#ddd");
   const slider = el("input", "flex:1 1 80px");
   slider.type = "range";
@@ -63,26 +42,21 @@ function ensureView(node, kind) {
   slider.step = "1";
   const stepLabel = el("span", "min-width:90px");
   controls.append(el("span", "", "token"), select, el("span", "", "step"), slider, stepLabel);
-  const mapCanvas = el("canvas", "width:100%;flex:0 0 auto;image-rendering:auto;background:#111");
+  const fit = "width:100%;min-height:0;object-fit:contain;object-position:top left";
+  const mapCanvas = el("canvas", `${fit};flex:1 1 0;background:#111`);
   mapCanvas.width = 320;
   mapCanvas.height = 320;
-  const chartCanvas = el("canvas", "width:100%;flex:1 1 auto;min-height:0");
+  const chartCanvas = el("canvas", `${fit};flex:1 1 0`);
   chartCanvas.width = 420;
   chartCanvas.height = kind === "attention-view" ? 420 : 240;
-  const summary = el("div");
-  const files = el("div");
-  if (kind === "attention-view") root.append(controls, mapCanvas);
-  root.append(chartCanvas, summary, files);
-  const widget = node.addDOMWidget("shapefirst_attention", "shapefirst_attention", root, {
-    serialize: false, hideOnZoom: false, getValue() { return undefined; }, setValue() {},
-  });
-  widget.serialize = false;
-  const view = { root, select, slider, stepLabel, mapCanvas, chartCanvas, summary, files, data: null };
+  const summary = el("div", "flex:0 0 auto");
+  const files = el("div", "flex:0 0 auto");
+  if (kind === "attention-view") view.body.append(controls, mapCanvas);
+  view.body.append(chartCanvas, summary, files);
+  Object.assign(view, { select, slider, stepLabel, mapCanvas, chartCanvas, summary, files, data: null });
   select.addEventListener("change", () => drawMap(view));
   slider.addEventListener("input", () => drawMap(view));
   node.shapefirstAttention = view;
-  const [w, h] = node.size;
-  node.setSize([Math.max(w, 440), Math.max(h, kind === "attention-view" ? 900 : 420)]);
   return view;
 }
 
@@ -122,6 +96,7 @@ export function drawMap(view) {
 
 export async function showAttentionView(node, d) {
   const view = ensureView(node, "attention-view");
+  view.open();
   view.data = d;
   view.select.replaceChildren();
   d.sprite_rows.forEach((pos, k) => {
@@ -130,13 +105,7 @@ export async function showAttentionView(node, d) {
   });
   view.slider.max = String(Math.max(0, d.sprite_steps.length - 1));
   view.slider.value = view.slider.max;
-  const shares = d.class_shares || {};
-  const rel = (d.edge_f1?.relative || []).map((v) => (v === null ? NaN : Number(v)));
-  drawPanels(view.chartCanvas, [
-    { title: "Fig. 3: attention weight per token class", series: ROLES.filter((r) => shares[r]).map((r) => ({ label: r, values: shares[r].map(Number) })) },
-    { title: "Fig. 1b: edge F1 relative to the last step", series: [
-      { label: "F1 / F1(last)", values: rel }, { label: "F1", values: (d.edge_f1?.mean || []).map(Number), dashed: true }] },
-  ]);
+  drawFigure(view.chartCanvas, "attention_view", d);
   view.summary.textContent = `${d.steps.length} of ${d.total_steps} steps recorded, ${d.tokens.length} tokens, grid ${d.grid.join("x")}, ${d.layers.length} cross-attention layers`;
   view.root.dataset.steps = String(d.steps.length);
   fileLinks(view.files, d.files);
@@ -147,8 +116,8 @@ export async function showAttentionView(node, d) {
 
 export function showAttentionCompare(node, d) {
   const view = ensureView(node, "attention-compare");
-  drawPanels(view.chartCanvas, [{ title: "Fig. 16: KL divergence of attention maps", series: [
-    { label: "KL(A || B)", values: d.kl_a_b.map(Number) }, { label: "KL(B || A)", values: d.kl_b_a.map(Number), dashed: true }] }]);
+  view.open();
+  drawFigure(view.chartCanvas, "attention_kl", d);
   view.summary.textContent = `${d.steps.length} common steps, ${d.branch} branch`;
   view.root.dataset.steps = String(d.steps.length);
   fileLinks(view.files, d.files);
@@ -158,14 +127,19 @@ export function showAttentionCompare(node, d) {
 app.registerExtension({
   name: "ShapeFirst.attention",
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData.name !== VIEW && nodeData.name !== COMPARE) return;
-    const onExecuted = nodeType.prototype.onExecuted;
-    nodeType.prototype.onExecuted = function (message) {
-      onExecuted?.apply(this, arguments);
-      const view = message?.shapefirst_attention?.[0];
-      const kl = message?.shapefirst_attention_kl?.[0];
-      if (view) showAttentionView(this, view).catch((e) => console.warn("ShapeFirst attention view:", e));
-      if (kl) showAttentionCompare(this, kl);
-    };
+    if (VIEW_NODES.has(nodeData.name)) {
+      onNodeCreated(nodeType, (node) => ensureView(node, "attention-view"));
+      onExecuted(nodeType, (node, message) => {
+        const view = message?.[UI_KEYS.ui.attention]?.[0];
+        if (view) showAttentionView(node, view).catch((e) => console.warn("ShapeFirst attention view:", e));
+      });
+    }
+    if (COMPARE_NODES.has(nodeData.name)) {
+      onNodeCreated(nodeType, (node) => ensureView(node, "attention-compare"));
+      onExecuted(nodeType, (node, message) => {
+        const kl = message?.[UI_KEYS.ui.attention_kl]?.[0];
+        if (kl) showAttentionCompare(node, kl);
+      });
+    }
   },
 });

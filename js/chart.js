@@ -1,7 +1,9 @@
-// ShapeFirst: small canvas line charts drawn inside nodes. No HTML is built from data:
-// labels are drawn with fillText on the canvas, so prompt or file text can never become markup.
+// ShapeFirst: line charts drawn on a canvas inside nodes, from the figure descriptions of
+// figures.json (the same ones shapefirst/chart.py draws the IMAGE outputs from). No HTML is built
+// from data: labels are drawn with fillText, so prompt or file text can never become markup.
+import { FIGURES } from "./common.js";
 
-export const PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
+export const PALETTE = FIGURES.palette;
 
 function niceTicks(lo, hi, count = 5) {
   if (!Number.isFinite(lo) || !Number.isFinite(hi)) return [0, 1];
@@ -21,7 +23,47 @@ function fmt(v) {
   return String(+v.toPrecision(3));
 }
 
-// panel = {title, series: [{label, values, dashed}]}; box = [x, y, w, h] in canvas pixels
+// The value at a dotted path of the payload (undefined where a part is missing).
+function at(payload, path) {
+  return String(path).split(".").reduce((v, k) => (v && typeof v === "object" ? v[k] : undefined), payload);
+}
+
+const numbers = (values) => (Array.isArray(values) ? values : []).map((v) => (v === null ? NaN : Number(v)));
+
+function resolveSeries(spec, payload, figureX) {
+  if (spec.each) {
+    return spec.each.flatMap((name) => {
+      const one = Object.fromEntries(Object.entries(spec).filter(([k]) => k !== "each")
+        .map(([k, v]) => [k, typeof v === "string" ? v.replaceAll("{}", name) : v]));
+      return at(payload, one.y) == null ? [] : resolveSeries(one, payload, figureX);
+    });
+  }
+  const dashed = Boolean(spec.dashed);
+  if (spec.points) {
+    const points = (Array.isArray(at(payload, spec.points)) ? at(payload, spec.points) : []).filter((p) => p && typeof p === "object");
+    return [{ label: spec.label, dashed, values: numbers(points.map((p) => p[spec.y])), x: points.map((p) => Number(p[spec.x])) }];
+  }
+  const values = numbers(at(payload, spec.y));
+  const x = spec.x ? at(payload, spec.x) : figureX;
+  return [{ label: spec.label, dashed, values, x: Array.isArray(x) ? x.slice(0, values.length).map(Number) : undefined }];
+}
+
+// The panels of figure `name` with the payload's values: [{title, xLabel, xRange, series}].
+export function figurePanels(name, payload) {
+  const fig = FIGURES.figures[name];
+  const figureX = fig.x ? at(payload, fig.x) : undefined;
+  const count = fig.x_count ? Math.max(1, Number(at(payload, fig.x_count)) || 1) : undefined;
+  return fig.panels.map((p) => ({
+    title: p.title,
+    xLabel: fig.x_label ?? "step",
+    xRange: count === undefined ? undefined : [0, count - 1],
+    series: p.series.flatMap((s) => resolveSeries(s, payload, figureX)),
+  }));
+}
+
+const xsOf = (s) => s.x ?? s.values.map((_, i) => i);
+
+// panel = {title, xLabel, xRange, series: [{label, values, x, dashed}]}; box = [x, y, w, h] in canvas pixels
 export function drawPanel(ctx, panel, box) {
   const [x, y, w, h] = box;
   const legendH = 13 * panel.series.length + 4;
@@ -31,12 +73,13 @@ export function drawPanel(ctx, panel, box) {
   ctx.fillStyle = "#ddd";
   ctx.fillText(panel.title, x + 4, y + 13);
   const values = panel.series.flatMap((s) => s.values).filter(Number.isFinite);
-  const n = Math.max(1, ...panel.series.map((s) => s.values.length));
-  const lo = Math.min(0, ...(values.length ? values : [0]));
+  const xs = panel.series.flatMap(xsOf).filter(Number.isFinite);
+  const [xlo, xhi] = panel.xRange ?? (xs.length ? [Math.min(...xs), Math.max(...xs)] : [0, 1]);
+  const lo = Math.min(0, ...values);
   const hi = values.length ? Math.max(...values) : 1;
   const yt = niceTicks(lo, hi);
   const ylo = yt[0], yhi = yt[yt.length - 1];
-  const X = (i) => px0 + (i / Math.max(1, n - 1)) * (px1 - px0);
+  const X = (v) => px0 + (xhi > xlo ? (v - xlo) / (xhi - xlo) : 0) * (px1 - px0);
   const Y = (v) => py1 - ((v - ylo) / (yhi - ylo || 1)) * (py1 - py0);
   ctx.strokeStyle = "#666";
   ctx.strokeRect(px0, py0, px1 - px0, py1 - py0);
@@ -45,21 +88,27 @@ export function drawPanel(ctx, panel, box) {
     ctx.fillText(fmt(t), x + 2, Y(t) + 4);
     ctx.beginPath(); ctx.moveTo(px0 - 3, Y(t)); ctx.lineTo(px0, Y(t)); ctx.stroke();
   }
-  ctx.fillText("0", X(0) - 3, py1 + 12);
-  ctx.fillText(String(n - 1), X(n - 1) - 8, py1 + 12);
-  ctx.fillText("step", (px0 + px1) / 2 - 10, py1 + 12);
+  ctx.fillText(fmt(xlo), X(xlo) - 3, py1 + 12);
+  if (xhi > xlo) ctx.fillText(fmt(xhi), X(xhi) - 8, py1 + 12);
+  ctx.fillText(panel.xLabel ?? "step", (px0 + px1) / 2 - 20, py1 + 12);
   panel.series.forEach((s, k) => {
     const color = PALETTE[k % PALETTE.length];
+    const sx = xsOf(s);
     ctx.strokeStyle = color;
+    ctx.fillStyle = color;
     ctx.lineWidth = 1.6;
     ctx.setLineDash(s.dashed ? [5, 4] : []);
     ctx.beginPath();
-    let started = false;
+    let drawn = 0;
     s.values.forEach((v, i) => {
-      if (!Number.isFinite(v)) return;
-      if (started) ctx.lineTo(X(i), Y(v)); else { ctx.moveTo(X(i), Y(v)); started = true; }
+      if (!Number.isFinite(v) || !Number.isFinite(sx[i])) return;
+      if (drawn++) ctx.lineTo(X(sx[i]), Y(v)); else ctx.moveTo(X(sx[i]), Y(v));
     });
     ctx.stroke();
+    if (drawn === 1) {
+      const i = s.values.findIndex(Number.isFinite);
+      ctx.fillRect(X(sx[i]) - 2, Y(s.values[i]) - 2, 4, 4);
+    }
     const ly = py1 + 24 + 13 * k;
     ctx.beginPath(); ctx.moveTo(px0, ly - 4); ctx.lineTo(px0 + 18, ly - 4); ctx.stroke();
     ctx.setLineDash([]);
@@ -77,4 +126,11 @@ export function drawPanels(canvas, panels) {
   ctx.fillRect(0, 0, canvas.width, canvas.height);
   const h = canvas.height / Math.max(1, panels.length);
   panels.forEach((p, i) => drawPanel(ctx, p, [0, i * h, canvas.width, h]));
+}
+
+// Draw figure `name` of figures.json from a node's payload; returns the panels drawn.
+export function drawFigure(canvas, name, payload) {
+  const panels = figurePanels(name, payload);
+  drawPanels(canvas, panels);
+  return panels;
 }

@@ -8,7 +8,7 @@ prompts, two conditionings, a swap and no swap).
 
 from __future__ import annotations
 
-from ..shapefirst import chart, metrics
+from ..shapefirst import chart, metrics, ui_keys
 from ..shapefirst.attention import BRANCH_NAMES
 from ..shapefirst.records import kl_csv, to_json
 from ._api import io
@@ -92,9 +92,6 @@ class AttentionMapCompare(io.ComfyNode):
                     branch=BRANCH_NAMES[b], batch_index=batch_index)
         files = save_text_files(filename_prefix, "shapefirst/attention_kl",
                                 {"json": to_json(data), "csv": kl_csv(data)})
-        panel = chart.Panel("Fig. 16: KL divergence of attention maps", [
-            chart.Series("KL(A || B)", data["kl_a_b"]), chart.Series("KL(B || A)", data["kl_b_a"], dashed=True)],
-            x_label=f"recorded step ({data['steps'][0]}..{data['steps'][-1]})")
-        image = torch.from_numpy(chart.render_panels([panel]))[None]
+        image = torch.from_numpy(chart.render_figure("attention_kl", data))[None]
         LOGGER.info("%s: %d steps, files %s", COMPARE_NODE, len(data["steps"]), ", ".join(f["filename"] for f in files))
-        return io.NodeOutput(image, to_json(data), ui={"shapefirst_attention_kl": [dict(data, files=files)]})
+        return io.NodeOutput(image, to_json(data), ui={ui_keys.ATTENTION_KL: [dict(data, files=files)]})

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ..shapefirst import chart, heatmaps, metrics
+from ..shapefirst import chart, heatmaps, metrics, ui_keys
 from ..shapefirst.records import raw_maps_file, to_json, view_metrics_csv
 from ..shapefirst.tokens import ROLES, SEM
 from ._api import io
@@ -28,16 +28,8 @@ SPRITE_MAX_CELLS = 4096  # tokens x steps sent to the browser
 
 
 def view_chart(steps, shares: dict, f1_mean, f1_rel):
-    S = chart.Series
-    panels = [
-        chart.Panel("Fig. 3: attention weight per token class", [S(c, shares[c]) for c in ROLES if c in shares]),
-        chart.Panel("Fig. 1b: edge F1, map vs final image", [
-            S("F1 / F1(last)", [v if v is not None else float("nan") for v in f1_rel]),
-            S("F1", f1_mean, dashed=True)]),
-    ]
-    for p in panels:
-        p.x_label = f"recorded step ({steps[0]}..{steps[-1]})"
-    return chart.render_panels(panels)
+    return chart.render_figure("attention_view", {"steps": steps, "class_shares": shares,
+                                                  "edge_f1": {"mean": f1_mean, "relative": f1_rel}})
 
 
 class AttentionMapView(io.ComfyNode):
@@ -151,7 +143,7 @@ class AttentionMapView(io.ComfyNode):
         progress.update(1)
         LOGGER.info("%s: %d steps x %d tokens, files %s", VIEW_NODE, len(recorded), len(picked),
                     ", ".join(f["filename"] for f in files))
-        return io.NodeOutput(grid, chart_image, to_json(data), ui={"shapefirst_attention": [ui]})
+        return io.NodeOutput(grid, chart_image, to_json(data), ui={ui_keys.ATTENTION: [ui]})
 
     @staticmethod
     def _browser_maps(image, maps, picked, recorded) -> dict:

@@ -12,7 +12,7 @@ EOSSwapKVPatch (nodes/kv_swap.py).
 from __future__ import annotations
 
 from ..shapefirst import compose as cmp
-from ..shapefirst import swap
+from ..shapefirst import swap, ui_keys
 from ..shapefirst.tokens import EOS, ROLE_LABELS, SEM, SOS, TokenLayoutError, prompt_roles, repeat_semantic
 from . import _clip_tokens as ct
 from ._api import io
@@ -191,7 +191,7 @@ def build(clip, prompt_a, prompt_b, sos_from="A", sem_from="A", eos_from="B", pa
     return conditioning, f"{title}\n\n{text}", {"title": title, "encoders": groups}
 
 
-TokenTableUI = "shapefirst_tokens"
+TokenTableUI = ui_keys.TOKENS
 
 
 class EOSSwapConditioning(io.ComfyNode):

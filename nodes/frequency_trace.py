@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..shapefirst import chart
+from ..shapefirst import chart, ui_keys
 from ..shapefirst import trace as curves_math
 from ._api import io
 from ._common import (CATEGORY, LOGGER, ShapeFirstInputError, as_validation, check_fraction_open,
@@ -149,22 +149,7 @@ def _check_run(recorder, samples) -> RecordedRun:
 
 
 def curves_chart(curves: curves_math.FrequencyCurves):
-    c = curves.curves
-    S = chart.Series
-    panels = [
-        chart.Panel("Fig. 2b: forward noising, RMS", [
-            S("a_t x0 low", c["forward_signal_low"]), S("a_t x0 high", c["forward_signal_high"]),
-            S("b_t eps low", c["forward_noise_low"], dashed=True), S("b_t eps high", c["forward_noise_high"], dashed=True)]),
-        chart.Panel("Denoising: RMS of x_t and predicted x0", [
-            S("x_t low", c["denoise_xt_low"]), S("x_t high", c["denoise_xt_high"]),
-            S("x0 pred low", c["denoise_x0pred_low"], dashed=True),
-            S("x0 pred high", c["denoise_x0pred_high"], dashed=True)]),
-        chart.Panel("Fig. 2c: |x_t - x_0| / |x_0| per band", [
-            S("denoise low", c["ratio_denoise_low"]), S("denoise high", c["ratio_denoise_high"]),
-            S("forward low", c["ratio_forward_low"], dashed=True),
-            S("forward high", c["ratio_forward_high"], dashed=True)]),
-    ]
-    return chart.render_panels(panels)
+    return chart.render_figure("frequency_curves", {"curves": curves.curves})
 
 
 class FrequencyCurves(io.ComfyNode):
@@ -222,4 +207,4 @@ class FrequencyCurves(io.ComfyNode):
         progress.update(1)
         LOGGER.info("%s: %d steps, files %s", CURVES_NODE, n, ", ".join(f["filename"] for f in files))
         payload = dict(data, files=files)
-        return io.NodeOutput(image, to_json(data), ui={"shapefirst_curves": [payload]})
+        return io.NodeOutput(image, to_json(data), ui={ui_keys.CURVES: [payload]})

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from ..shapefirst.guidance import (MODE_ADAPTIVE, MODE_FIXED, TAIL_COND, TAIL_UNCOND, UNITS_SIGMA, UNITS_STEPS,
                                    GuidanceWindow, WindowError, window_steps)
+from ..shapefirst import ui_keys
 from ._api import io
 from ._common import CATEGORY, LOGGER, ShapeFirstInputError, as_validation
 from .truncated_cfg_patch import patch_model
 
 SAMPLER_NODE = "TruncatedCFGSampler"
 GUIDER_NODE = "TruncatedCFGGuider"
-EVENT = "shapefirst.guidance"
+EVENT = ui_keys.GUIDANCE_EVENT
 SIGMA_LOW_DEFAULT = 2.4  # SD1.x/SDXL: about where the paper's default window (first 40% of steps) ends
 SIGMA_HIGH_DEFAULT = 1000.0  # above every model's largest sigma: guidance from the first step
 
@@ -222,7 +223,7 @@ class TruncatedCFGSampler(io.ComfyNode):
                                                 negative, latent_image, denoise=denoise)
         report = controller.report.as_dict() if controller.report else {}
         report["settings"] = settings_dict(settings)
-        return io.NodeOutput(latent, ui={"shapefirst_guidance": [report]})
+        return io.NodeOutput(latent, ui={ui_keys.GUIDANCE: [report]})
 
 
 class TruncatedCFGGuider(io.ComfyNode):
