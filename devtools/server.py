@@ -49,8 +49,9 @@ def prepare_base(base: Path, checkpoints: list[Path]) -> Path:
 
 class ComfyServer:
     def __init__(self, python: Path, comfyui: Path, base: Path, port: int | None = None,
-                 host: str = "127.0.0.1", log_path: Path | None = None):
+                 host: str = "127.0.0.1", log_path: Path | None = None, extra_args: list[str] = ()):
         self.python, self.comfyui, self.base = Path(python), Path(comfyui), Path(base)
+        self.extra_args = list(extra_args)  # more main.py options, e.g. ["--front-end-root", DIR]
         self.port = port or free_port()
         self.host = host
         self.log_path = Path(log_path) if log_path else self.base / "server.log"
@@ -63,7 +64,7 @@ class ComfyServer:
     def start(self, timeout: float = 180.0) -> "ComfyServer":
         cmd = [str(self.python), "main.py", "--cpu", "--listen", self.host, "--port", str(self.port),
                "--base-directory", str(self.base), "--disable-auto-launch", "--preview-method", "none",
-               "--database-url", f"sqlite:///{self.base / 'user' / 'comfyui.db'}"]
+               "--database-url", f"sqlite:///{self.base / 'user' / 'comfyui.db'}", *self.extra_args]
         self._log = open(self.log_path, "w")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(cmd, cwd=self.comfyui, stdout=self._log, stderr=subprocess.STDOUT, env=env,

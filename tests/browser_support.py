@@ -32,23 +32,9 @@ class FrontendServer(comfy_server.ComfyServer):
     """ComfyServer serving a chosen front end (``--front-end-root``); None keeps the pinned one."""
 
     def __init__(self, *args, front_end_root: Path | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
+        extra = ["--front-end-root", str(front_end_root)] if front_end_root is not None else []
+        super().__init__(*args, extra_args=extra, **kwargs)
         self.front_end_root = front_end_root
-
-    def start(self, timeout: float = 180.0):
-        if self.front_end_root is None:
-            return super().start(timeout)
-        original = subprocess.Popen
-        root = str(self.front_end_root)
-
-        def popen(cmd, *args, **kwargs):  # the base class builds the command; add the front end
-            return original(list(cmd) + ["--front-end-root", root], *args, **kwargs)
-
-        subprocess.Popen = popen
-        try:
-            return super().start(timeout)
-        finally:
-            subprocess.Popen = original
 
 
 def wait_for_history(srv, count: int, timeout: float = 180.0) -> dict:
