@@ -23,7 +23,8 @@ from __future__ import annotations
 from ..shapefirst.attention import COND, UNCOND
 from ._api import io
 from ._common import CATEGORY, ShapeFirstInputError
-from .attention_override import OVERRIDE_KEY, has_preferences, unet_layer_index
+from ._patching import OVERRIDE_KEY, chain_object_patch, chain_override, patched_clone, set_attn2_patch
+from .attention_override import has_preferences, unet_layer_index
 from .attention_recorder import CAPTURE_NODE, AttentionRecorder, CaptureSettings
 
 __all__ = ["AttentionMapCapture", "AttentionCaptureType", "AttentionRecorder", "CaptureSettings", "install",
@@ -65,23 +66,22 @@ def install(model, settings: CaptureSettings):
     dm = model.get_model_object("diffusion_model")
     patch = getattr(dm, "patch_size", 1)
     rec = AttentionRecorder(settings, kind, patch_size=int(patch if isinstance(patch, int) else patch[-1]))
-    m = model.clone()
-    m.add_wrapper_with_key(pe.WrappersMP.SAMPLER_SAMPLE, rec.key, rec.sampler_sample)
-    m.add_wrapper_with_key(pe.WrappersMP.CALC_COND_BATCH, rec.key, rec.calc_cond_batch)
-    m.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, rec.key, rec.apply_model)
+    m = patched_clone(model, rec.key, {pe.WrappersMP.SAMPLER_SAMPLE: rec.sampler_sample,
+                                       pe.WrappersMP.CALC_COND_BATCH: rec.calc_cond_batch,
+                                       pe.WrappersMP.APPLY_MODEL: rec.apply_model})
     if kind in ("unet", "joint"):
         layers = None
         if kind == "unet":
-            m.set_model_attn2_patch(rec.make_attn2_patch())
+            set_attn2_patch(m, rec.make_attn2_patch(), rec.key)
             index = unet_layer_index(dm)
             attn = [a for tb in index.values() for a in (tb.attn1, tb.attn2) if a is not None]
             layers = index if has_preferences(attn) else None
-        to = m.model_options.setdefault("transformer_options", {})
-        to[OVERRIDE_KEY] = rec.make_override(to.get(OVERRIDE_KEY), layers)  # chains an earlier override
+        chain_override(m, lambda previous: rec.make_override(previous, layers), rec.key)  # calls an earlier one
     else:
         for i, block in enumerate(dm.blocks):
-            name = f"diffusion_model.blocks.{i}.cross_attn.forward"
-            m.add_object_patch(name, rec.make_pixart_forward(block.cross_attn, f"blocks.{i}", m.object_patches.get(name)))
+            chain_object_patch(m, f"diffusion_model.blocks.{i}.cross_attn.forward",
+                               lambda previous, module=block.cross_attn, name=f"blocks.{i}":
+                               rec.make_pixart_forward(module, name, previous), rec.key)
     return m, rec
 
 

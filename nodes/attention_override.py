@@ -23,8 +23,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-OVERRIDE_KEY = "optimized_attention_override"
-
 
 def _attention_module():
     import comfy.ldm.modules.attention as attention
