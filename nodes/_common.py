@@ -34,8 +34,3 @@ def as_validation(check, *args) -> bool | str:
         return str(exc)
     return True
 
-
-# The file writers live in _files (folders, names) and shapefirst.records (contents); re-exported
-# here for the nodes that import them from this module.
-from ..shapefirst.records import to_json  # noqa: E402,F401
-from ._files import sanitize_prefix, save_text_files  # noqa: E402,F401

@@ -16,7 +16,7 @@ import torch
 
 from ..shapefirst import chart, heatmaps, metrics, ui_keys
 from ..shapefirst.records import raw_maps_file, to_json, view_metrics_csv
-from ..shapefirst.tokens import ROLES, SEM
+from ..shapefirst.tokens import SEM
 from ._api import io
 from ._common import CATEGORY, LOGGER, ShapeFirstInputError
 from ._files import save_temp_png, save_text_files

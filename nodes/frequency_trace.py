@@ -18,8 +18,9 @@ import torch
 from ..shapefirst import chart, ui_keys
 from ..shapefirst import trace as curves_math
 from ._api import io
-from ._common import (CATEGORY, LOGGER, ShapeFirstInputError, as_validation, check_fraction_open,
-                      save_text_files, to_json)
+from ..shapefirst.records import to_json
+from ._common import CATEGORY, LOGGER, ShapeFirstInputError, as_validation, check_fraction_open
+from ._files import save_text_files
 from ._patching import RunRecorder
 
 TRACE_NODE = "FrequencyTrace"
