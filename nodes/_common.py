@@ -33,4 +33,3 @@ def as_validation(check, *args) -> bool | str:
     except ShapeFirstInputError as exc:
         return str(exc)
     return True
-
