@@ -72,10 +72,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from .checkpoints import _ensure_file  # written aside, renamed into place
 
 log = logging.getLogger(__name__)
 
@@ -357,20 +357,3 @@ def _save(sd: dict, path, meta: dict):
     # byte-identical for the same seed
     meta = {"shapefirst": json.dumps({**meta, "build_version": BUILD_VERSION}, sort_keys=True)}
     safetensors.torch.save_file(sd, str(path), metadata=meta)
-
-
-def _ensure_file(path: Path, builder) -> Path:
-    """``path``, built by ``builder(tmp)`` first if missing (written aside, renamed into place)."""
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        builder(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path

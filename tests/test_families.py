@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from eq9_reference import Eq9Reference
+
 pytestmark = pytest.mark.comfy
 
 WINDOW_ALL = {"guidance_start": 0.0, "guidance_end": 1.0, "tail": "uncond", "window": "fixed",
@@ -122,24 +124,7 @@ def test_window_over_all_steps_is_core_ksampler(comfy, family_models, family, sa
     assert torch.equal(_samples(r, "5"), _samples(r, "6"))
 
 
-class _Eq9Reference:
-    """Eq. 9 written out step by step for euler: CFG for steps < k, one prediction after."""
-
-    def __init__(self, comfy_samplers, model, positive, negative, cfg, k, tail, schedule):
-        self.guider = comfy_samplers.CFGGuider(model)
-        self.guider.set_conds(positive, negative)
-        self.guider.set_cfg(cfg)
-        self.samplers, self.k, self.tail, self.schedule = comfy_samplers, k, tail, schedule
-        self.guider.predict_noise = self.predict_noise
-
-    def predict_noise(self, x, timestep, model_options={}, seed=None):
-        g = self.guider
-        step = min(range(len(self.schedule)), key=lambda i: abs(self.schedule[i] - float(timestep[0])))
-        if step < self.k:
-            return self.samplers.sampling_function(g.inner_model, x, timestep, g.conds["negative"],
-                                                   g.conds["positive"], g.cfg, model_options=model_options, seed=seed)
-        keep = g.conds["negative"] if self.tail == "uncond" else g.conds["positive"]
-        return self.samplers.calc_cond_batch(g.inner_model, [keep], x, timestep, model_options)[0]
+_Eq9Reference = Eq9Reference  # the reference written in tests/eq9_reference.py
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from eq9_reference import Eq9Reference
+
 import graphs
 from devtools.harness import GraphError
 
@@ -40,24 +42,7 @@ def test_window_over_all_steps_is_identical_to_ksampler(comfy, sd15_ckpt, sample
         assert torch.equal(plain, ours), f"{sampler}/{scheduler}/denoise {denoise}: {(plain - ours).abs().max()}"
 
 
-class _Eq9Reference:
-    """Eq. 9 written out step by step for euler: CFG for steps < k, one prediction after."""
-
-    def __init__(self, comfy_samplers, model, positive, negative, cfg, k, tail):
-        self.guider = comfy_samplers.CFGGuider(model)
-        self.guider.set_conds(positive, negative)
-        self.guider.set_cfg(cfg)
-        self.samplers, self.k, self.tail, self.schedule = comfy_samplers, k, tail, None
-        self.guider.predict_noise = self.predict_noise
-
-    def predict_noise(self, x, timestep, model_options={}, seed=None):
-        g = self.guider
-        step = min(range(len(self.schedule)), key=lambda i: abs(self.schedule[i] - float(timestep[0])))
-        if step < self.k:
-            return self.samplers.sampling_function(g.inner_model, x, timestep, g.conds["negative"],
-                                                   g.conds["positive"], g.cfg, model_options=model_options, seed=seed)
-        keep = g.conds["negative"] if self.tail == "uncond" else g.conds["positive"]
-        return self.samplers.calc_cond_batch(g.inner_model, [keep], x, timestep, model_options)[0]
+_Eq9Reference = Eq9Reference  # the reference written in tests/eq9_reference.py
 
 
 @pytest.mark.parametrize("tail", ["uncond", "cond"])
