@@ -22,7 +22,7 @@ WAN_PROMPT = "A red fox trotting through fresh snow in a pine forest, morning li
 STEPS_WINDOW = {"guidance_start": 0.0, "guidance_end": 0.4, "tail": "uncond", "window": "fixed",
                 "adaptive_threshold": 0.1, "window_units": "steps", "sigma_low": 2.4, "sigma_high": 1000.0,
                 "text_cache": "off"}
-# SD3 with shift 3: sigma 0.8 is where the first 40% of the steps end (sigma = 3t / (1 + 2t) at t = 0.6)
+# SD3 with shift 3: sigma 0.8 is about where the first 40% of the steps end (sigma = 3t / (1 + 2t) at t = 0.6)
 SD3_SIGMA_WINDOW = {**STEPS_WINDOW, "window_units": "sigma", "sigma_low": 0.8, "sigma_high": 1.0}
 RANDOM_WEIGHTS = ("Tested with random-weight models of the real architectures (the images are noise there); with "
                   "real weights look for")
@@ -81,11 +81,12 @@ def sd35_truncated_cfg(info: dict) -> dict:
     _decode_save(b, sampled.out(0), ckpt.out(2), 4, "shapefirst/sd35_truncated_cfg")
     b.note(
         "ShapeFirst - truncated guidance on SD3.5 (MMDiT, a flow model: sigmas run from 1 to 0). The window is in "
-        "noise levels (window_units 'sigma'): guidance while sigma is between 0.8 and 1, which with shift 3 is the "
-        "first 40% of the steps for any step count; below it only the empty-prompt pass runs (eq. 9). Put "
+        "noise levels (window_units 'sigma'): guidance while sigma is between 0.8 and 1, which with shift 3 is "
+        "about the first 40% of the steps for any step count; below it only the empty-prompt pass runs (eq. 9). Put "
         "sd3.5_large (or medium) in checkpoints and clip_l, clip_g, t5xxl in text_encoders. " + RANDOM_WEIGHTS
-        + " about a quarter less sampling time and the same composition as plain CFG (sigma_low = 0 gives plain "
-        "CFG).", 0, 2.6)
+        + " the same composition as plain CFG with 30% fewer diffusion-model passes (the node reports them; the time "
+        "saved is somewhat less, as one pass of a batch costs more than half of two). sigma_low = 0 gives plain "
+        "CFG.", 0, 2.6)
     return b.to_ui()
 
 
@@ -114,10 +115,10 @@ def wan21_t2v_truncated_cfg(info: dict) -> dict:
           method="default")
     b.note(
         "ShapeFirst - truncated guidance on Wan 2.1 text-to-video: guidance in the first 40% of the steps, the rest "
-        "skip the text-conditional pass (eq. 9); the video's layout and motion are set early. Core's negative "
+        "skip the text-conditional pass (eq. 9); the overall shape is set in the early steps. Core's negative "
         "prompt is left out: with a non-empty negative, set tail to 'cond'. Files: diffusion_models, "
-        "text_encoders, vae. " + RANDOM_WEIGHTS + " about a quarter less sampling time and nearly the same video "
-        "as plain CFG (guidance_end = 1).", 0, 2.2)
+        "text_encoders, vae. " + RANDOM_WEIGHTS + " nearly the same video as plain CFG (guidance_end = 1) with "
+        "30% fewer diffusion-model passes (the node reports them; the time saved is somewhat less).", 0, 2.2)
     return b.to_ui()
 
 
