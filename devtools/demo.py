@@ -8,6 +8,7 @@ relatively) under ``output/demo/``; ``--ui`` starts the ComfyUI web UI instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -80,6 +81,7 @@ def _duration(seconds: float) -> str:
 def run_headless(args, rt: Runtime) -> int:
     from . import boot
     from .harness import ComfyHarness, GraphError
+    from .workflows import family_models
     from .workflows.convert import apply_overrides, ui_to_api
 
     boot.quiet_logs()
@@ -105,26 +107,35 @@ def run_headless(args, rt: Runtime) -> int:
     rows, failures = [], 0
     wall0, cpu0 = time.perf_counter(), time.process_time()
     for k, path in enumerate(files, 1):
-        prompt = apply_overrides(ui_to_api(json.loads(path.read_text()), info), ckpt=ckpt.name, size=size,
-                                 max_steps=steps)
+        prompt = ui_to_api(json.loads(path.read_text()), info)
+        family = family_models.family_of(prompt)
         t0, c0 = time.perf_counter(), time.process_time()
-        try:
-            result = h.run(prompt)
-            status, notes = "ok", _describe(result.ui, out)
-        except GraphError as exc:
-            failures += 1
-            status, notes = "FAILED", [str(exc)]
+        if family is not None and not is_demo:
+            status, notes = "skipped", [f"needs a {family} model; your --ckpt is an SD1.x checkpoint: load the "
+                                        "workflow in ComfyUI with that family's files"]
+        else:
+            try:
+                with family_models.text_encoder_node() if family else contextlib.nullcontext():
+                    if family:  # the tiny seeded model of that family (devtools/families.py)
+                        names = family_models.ensure_files(rt.models, [family])
+                        prompt = family_models.with_family_models(prompt, family, names)
+                    prompt = apply_overrides(prompt, ckpt=ckpt.name, size=size, max_steps=steps)
+                    result = h.run(prompt)
+                status, notes = "ok", _describe(result.ui, out)
+            except GraphError as exc:
+                failures += 1
+                status, notes = "FAILED", [str(exc)]
         rows.append((path.stem, status, time.perf_counter() - t0, time.process_time() - c0, notes))
         elapsed = time.perf_counter() - wall0
         left = elapsed / k * (len(files) - k)
         print(f"demo: [{k}/{len(files)}] {path.stem} {status} in {rows[-1][2]:.1f}s; elapsed "
               f"{_duration(elapsed)}, about {_duration(left)} left", flush=True)
-        if status != "ok":
+        if status not in ("ok",):
             print(f"demo:   {notes[0]}", flush=True)
     total = (time.perf_counter() - wall0, time.process_time() - cpu0)
     summary = out / "summary.md"
     summary.write_text(_summary(rows, ckpt, is_demo, mode, size, steps, total))
-    print(f"demo: {len(rows) - failures} of {len(rows)} workflows ran in {_duration(total[0])} "
+    print(f"demo: {sum(r[1] == 'ok' for r in rows)} of {len(rows)} workflows ran in {_duration(total[0])} "
           f"(CPU time {_duration(total[1])}); summary: {summary}", flush=True)
     return 1 if failures else 0
 
@@ -152,6 +163,9 @@ def _describe(ui: dict, out: Path) -> list[str]:
 def _summary(rows, ckpt: Path, is_demo: bool, mode: str, size, steps, total) -> str:
     lines = ["# ShapeFirst demo run", "",
              f"- checkpoint: {ckpt.name}" + (" (random weights)" if is_demo else ""),
+             "- workflows of other model families (SD3.5, Wan): " + ("the tiny seeded models of "
+                                                                   "devtools/families.py (random weights)"
+                                                                   if is_demo else "skipped (they need that family's files)"),
              f"- mode: {mode}; image size: {size or 'as in each workflow'}; step cap: {steps or 'none'}"
              + ("" if steps is None else "; `--full` runs the paper's step counts"),
              f"- total: {total[0]:.0f} s wall, {total[1]:.0f} s CPU time of the process", ""]

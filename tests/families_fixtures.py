@@ -4,44 +4,15 @@ Diffusion models and VAEs are files built once by ``devtools.families`` under th
 models folder (``diffusion_models/``, ``vae/``) and loaded by core ``UNETLoader`` / ``VAELoader``.
 ComfyUI's text-encoder loaders accept no reduced config (see ``devtools.families``), so the text
 encoder is ComfyUI's own class at one layer, handed to the graph by a test-only node
-(``FAMILY_TE_NODE``) that this module registers for the session and removes afterwards; core
+(``devtools.workflows.family_models.FAMILY_TE_NODE``) registered while a module runs and removed afterwards; core
 ``CLIPTextEncode`` encodes with it. Registered for every test module by conftest.py.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-FAMILY_TE_NODE = "ShapeFirstTestFamilyTextEncoder"
-TEXT_ENCODER_KINDS = ("sd3", "wan", "flux", "lumina2")
-_CLIPS: dict = {}
-
-
-def family_clip(kind: str):
-    """The session's tiny text encoder of ``kind`` (built once; ComfyUI clones it per use)."""
-    from devtools import families
-
-    if kind not in _CLIPS:
-        _CLIPS[kind] = families.build_text_encoder(kind)
-    return _CLIPS[kind]
-
-
-class FamilyTextEncoderNode:
-    """Test-only loader node: outputs the tiny text encoder of a family as a CLIP."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"kind": (list(TEXT_ENCODER_KINDS), {"tooltip": "Which family's text encoder."})}}
-
-    RETURN_TYPES = ("CLIP",)
-    FUNCTION = "load"
-    CATEGORY = "testing"
-    DESCRIPTION = "Test only: a seeded one-layer text encoder built from ComfyUI's own classes."
-
-    def load(self, kind):
-        return (family_clip(kind),)
+from devtools.workflows.family_models import ensure_files, text_encoder_node
 
 
 @pytest.fixture(scope="session")
@@ -62,19 +33,7 @@ def full_width_files(comfy, runtime_paths) -> dict:
 
 
 def _ensure_files(runtime_paths, family_names) -> dict:
-    import folder_paths
-
-    from devtools import families
-
-    models = Path(runtime_paths["models"])
-    names = {}
-    for family in family_names:
-        names[family] = families.ensure_diffusion_model(family, models).name
-    for vae in families.VAES:
-        names[f"vae:{vae}"] = families.ensure_vae(vae, models).name
-    folder_paths.add_model_folder_path("diffusion_models", str(models / "diffusion_models"), is_default=True)
-    folder_paths.add_model_folder_path("vae", str(models / "vae"), is_default=True)
-    return names
+    return ensure_files(runtime_paths["models"], family_names)
 
 
 @pytest.fixture(scope="module")
@@ -91,11 +50,5 @@ def full_width_models(full_width_files) -> dict:
 
 
 def _with_te_node(names):
-    import nodes
-
-    nodes.NODE_CLASS_MAPPINGS[FAMILY_TE_NODE] = FamilyTextEncoderNode
-    try:
+    with text_encoder_node():
         yield names
-    finally:
-        nodes.NODE_CLASS_MAPPINGS.pop(FAMILY_TE_NODE, None)
-        _CLIPS.clear()  # release the encoders while ComfyUI is still importable

@@ -7,12 +7,12 @@ from itertools import combinations
 
 import pytest
 
-from devtools import families, paths
+from devtools import paths
 from devtools.server import ComfyServer, prepare_base
 from devtools.workflows import convert as workflow_tools
 from devtools.workflows import generate
 from devtools.workflows.convert import WorkflowError, ui_to_api
-from families_fixtures import FAMILY_TE_NODE
+from devtools.workflows.family_models import FAMILY_TE_NODE, VIDEO_FRAMES, family_of, with_family_models
 
 SHIPPED = sorted(paths.WORKFLOWS.glob("*.json"))
 # Folders ComfyUI 0.3.75 lists a pack's workflows from; it lists every one it finds, so exactly one may exist.
@@ -52,50 +52,6 @@ def test_real_server_lists_every_shipped_workflow_once(runtime_paths, comfy, tmp
     assert served == json.loads(SHIPPED[0].read_text())
 
 
-# Text-encoder loaders of the other model families -> the kind of tiny text encoder the test uses instead,
-# and the tiny diffusion model of that kind (tests/families_fixtures.py, devtools/families.py).
-TE_LOADERS = {"TripleCLIPLoader": lambda inputs: "sd3", "CLIPLoader": lambda inputs: inputs["type"]}
-FAMILY_OF_TE = {"sd3": "sd3", "wan": "wan21_t2v"}
-TEST_VIDEO_FRAMES = 5  # video latents: 5 frames (2 latent frames) in the test
-
-
-def _family_of(prompt: dict) -> str | None:
-    kinds = {TE_LOADERS[n["class_type"]](n["inputs"]) for n in prompt.values() if n["class_type"] in TE_LOADERS}
-    assert len(kinds) <= 1, f"one text-encoder family per workflow, found {kinds}"
-    return FAMILY_OF_TE[kinds.pop()] if kinds else None
-
-
-def with_family_models(prompt: dict, family: str, names: dict) -> dict:
-    """A copy of a family workflow's prompt on the tiny models: its text-encoder loader replaced by the
-    test-only node, the checkpoint by UNETLoader + VAELoader (rewired), every model file name by the tiny
-    file's, video latents shortened. The shipped file keeps what real users load."""
-    spec = families.FAMILIES[family]
-    out = json.loads(json.dumps(prompt))
-    vae_id = str(max(int(k) for k in out) + 1)
-    te_ids = [nid for nid, n in out.items() if n["class_type"] in TE_LOADERS]
-    ckpt_ids = [nid for nid, n in out.items() if n["class_type"] == "CheckpointLoaderSimple"]
-    for nid in te_ids:
-        out[nid] = {**out[nid], "class_type": FAMILY_TE_NODE, "inputs": {"kind": spec.text_encoder}}
-    for nid in ckpt_ids:
-        out[nid] = {**out[nid], "class_type": "UNETLoader", "inputs": {"unet_name": names[family],
-                                                                        "weight_dtype": "default"}}
-    if ckpt_ids:
-        out[vae_id] = {"class_type": "VAELoader", "inputs": {"vae_name": names[f"vae:{spec.vae}"]},
-                       "_meta": {"title": "tiny VAE"}}
-    for node in out.values():
-        inputs = node["inputs"]
-        for name, value in inputs.items():  # checkpoint outputs: MODEL stays, CLIP -> test encoder, VAE -> loader
-            if isinstance(value, list) and value[0] in ckpt_ids and value[1] in (1, 2):
-                inputs[name] = [te_ids[0], 0] if value[1] == 1 else [vae_id, 0]
-        if node["class_type"] == "UNETLoader":
-            inputs["unet_name"] = names[family]
-        if node["class_type"] == "VAELoader":
-            inputs["vae_name"] = names[f"vae:{spec.vae}"]
-        if "length" in inputs and node["class_type"].startswith("Empty"):
-            inputs["length"] = min(inputs["length"], TEST_VIDEO_FRAMES)
-    return out
-
-
 SAVE_NODES = ("SaveImage", "SaveAnimatedWEBP")
 
 
@@ -108,7 +64,7 @@ def test_shipped_workflow_runs_in_comfyui(comfy, sd15_ckpt, path, request):
                                                    "TripleCLIPLoader")])  # no absolute model paths
     info = comfy.object_info()
     shipped = ui_to_api(workflow, info)
-    family = _family_of(shipped)
+    family = family_of(shipped)
     prompt = shipped
     if family is not None:
         prompt = with_family_models(shipped, family, request.getfixturevalue("family_models"))
@@ -134,18 +90,18 @@ def test_family_substitution_keeps_the_shipped_prompt_and_rewires_the_checkpoint
                "4": {"class_type": "VAEDecode", "inputs": {"samples": ["9", 0], "vae": ["1", 2]}},
                "5": {"class_type": "ModelSamplingSD3", "inputs": {"model": ["1", 0], "shift": 3.0}}}
     before = json.dumps(shipped)
-    assert _family_of(shipped) == "sd3"
+    assert family_of(shipped) == "sd3"
     out = with_family_models(shipped, "sd3", {"sd3": "tiny-sd3", "vae:taesd3": "tiny-vae"})
     assert json.dumps(shipped) == before  # the shipped prompt is untouched
     assert out["1"]["class_type"] == "UNETLoader" and out["1"]["inputs"]["unet_name"] == "tiny-sd3"
-    assert out["2"]["inputs"] == {"kind": "sd3"}
+    assert out["2"]["class_type"] == FAMILY_TE_NODE and out["2"]["inputs"] == {"kind": "sd3"}
     assert out["4"]["inputs"]["vae"] == ["6", 0] and out["6"]["inputs"] == {"vae_name": "tiny-vae"}
     assert out["5"]["inputs"]["model"] == ["1", 0]
     wan = {"1": {"class_type": "CLIPLoader", "inputs": {"clip_name": "u", "type": "wan", "device": "default"}},
            "2": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 832, "height": 480, "length": 33,
                                                                      "batch_size": 1}}}
-    assert _family_of(wan) == "wan21_t2v"
-    assert with_family_models(wan, "wan21_t2v", {})["2"]["inputs"]["length"] == TEST_VIDEO_FRAMES
+    assert family_of(wan) == "wan21_t2v"
+    assert with_family_models(wan, "wan21_t2v", {})["2"]["inputs"]["length"] == VIDEO_FRAMES
 
 
 def _info(comfy_free=None):
