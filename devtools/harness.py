@@ -8,7 +8,7 @@ import asyncio
 import inspect
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import boot
@@ -42,6 +42,7 @@ class _Server:
 class RunResult:
     ui: dict  # node id -> the node's "ui" output (what the browser receives in "executed")
     executor: object  # the PromptExecutor that ran it (its cache holds every node's outputs)
+    messages: list = field(default_factory=list)  # (event, data) sent to the "browser" during the run
 
     def output(self, node_id: str):
         """The raw output tuple of a node (tensors, dicts...) from the executor's cache."""
@@ -154,7 +155,7 @@ class ComfyHarness:
             err = next((d for e, d in messages if e == "execution_error"), {})
             raise GraphError(f"{err.get('node_type', '?')} (node {err.get('node_id', '?')}) failed: "
                              f"{err.get('exception_message', 'unknown error')}", err)
-        return RunResult(dict(self.executor.history_result["outputs"]), self.executor)
+        return RunResult(dict(self.executor.history_result["outputs"]), self.executor, messages)
 
 
 def _format_node_errors(node_errors: dict) -> str:
