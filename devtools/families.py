@@ -85,6 +85,8 @@ SD3_TEXT_WIDTH = 64  # T5 width of the tiny SD3 text encoder = MMDiT's detected 
 FLUX_TEXT_WIDTH = 64  # T5 width of the Flux/Chroma text encoders = the detected txt_in width
 FLUX_POOLED_WIDTH = 64  # CLIP-L width of the Flux text encoder = the detected vector_in width
 LUMINA2_TEXT_WIDTH = 64  # Gemma 2 width of the Lumina 2 text encoder = the detected cap_embedder width
+QWEN_IMAGE_TEXT_WIDTH = 3584  # Qwen-Image's context width: fixed by its class (joint_attention_dim), not detected
+QWEN_IMAGE_STAND_IN_ROWS = 2048  # rows of the stand-in text encoder's seeded table (token id modulo this)
 FLUX_TEXT_TOKENS = 8  # T5 pads Flux/Chroma prompts to this many tokens (ComfyUI: 256, see module doc)
 
 
@@ -133,6 +135,13 @@ def _lumina2_unet():
             "ffn_dim_multiplier": 4.0}
 
 
+def _qwen_image_unet():
+    # what detection reports for a Qwen-Image file with one block: only the input width (16 latent channels
+    # x 2 x 2 patch = 64) and the block count are read; 3072 wide (24 heads of 128) and the 3584-wide
+    # context are the class's fixed defaults
+    return {"image_model": "qwen_image", "in_channels": 64, "num_layers": 1}
+
+
 FAMILIES: dict[str, Family] = {
     "sd3": Family("SD3", _sd3_unet(), 301, "taesd3", "sd3"),
     "wan21_t2v": Family("WAN21_T2V", _wan_unet(), 302, "wan21", "wan"),
@@ -142,6 +151,8 @@ FAMILIES: dict[str, Family] = {
     # Flux dev (guidance embed kept: detection picks Flux, not FluxSchnell)
     "flux": Family("Flux", _flux_unet(), 305, "taesd3", "flux", "float16"),
     "lumina2": Family("Lumina2", _lumina2_unet(), 306, "taesd3", "lumina2", "float16"),
+    # Qwen-Image decodes with the Wan 2.1 VAE (its latent format is Wan21's)
+    "qwen_image": Family("QwenImage", _qwen_image_unet(), 307, "wan21", "qwen_image", "float16"),
 }
 VAES = {"taesd3": 311, "wan21": 312}  # name -> seed
 # families at the real width (only their depth is reduced): hundreds of MB each, built on demand
@@ -341,12 +352,76 @@ def build_text_encoder(kind: str, seed: int = 321):
         options = {"gemma2_2b_model_config": {"hidden_size": LUMINA2_TEXT_WIDTH, "intermediate_size": 128,
                                               "num_hidden_layers": 3, "num_attention_heads": 2,
                                               "num_key_value_heads": 1, "vocab_size": 32000}}
+    elif kind == "qwen_image":
+        import comfy.text_encoders.qwen_image as qwen_image
+
+        # ComfyUI's Qwen2.5-VL encoder cannot be built small (module doc): core's Qwen-Image tokenizer
+        # (the real one, with its chat template) feeds a seeded stand-in of the encoder
+        Target.clip = qwen_image_stand_in_encoder()
+        Target.tokenizer = qwen_image.QwenImageTokenizer
+        options = {}
     else:
-        raise ValueError(f"unknown text encoder {kind!r}; known: sd3, wan, flux, lumina2")
+        raise ValueError(f"unknown text encoder {kind!r}; known: sd3, wan, flux, lumina2, qwen_image")
     clip = comfy.sd.CLIP(target=Target, tokenizer_data=tokenizer_data,
                          model_options={**options, "dtype": torch.float32})
     seeded_init(clip.cond_stage_model, seed)
     return clip
+
+
+def _qwen_image_stand_in_class():
+    import torch
+
+    class QwenImageStandInEncoder(torch.nn.Module):
+        """Test and demo only: stands in for Qwen-Image's Qwen2.5-VL text encoder (see the module doc).
+
+        Not a language model: each token of core's ``QwenImageTokenizer`` output becomes one
+        3584-wide row of a seeded table (token id modulo ``QWEN_IMAGE_STAND_IN_ROWS``), so a prompt
+        maps to the same rows every time and prompts of different token counts give contexts of
+        different lengths. Like core's encoder it drops the chat template's system part and the user
+        header (the rows start at the prompt's first token; the template's closing tokens stay) and
+        returns no pooled output and no attention mask (core drops the mask when nothing is padded,
+        which is always the case for one prompt)."""
+
+        def __init__(self, device="cpu", dtype=None, model_options={}):
+            super().__init__()
+            self.table = torch.nn.Parameter(torch.empty(QWEN_IMAGE_STAND_IN_ROWS, QWEN_IMAGE_TEXT_WIDTH,
+                                                        device=device, dtype=dtype or torch.float32),
+                                            requires_grad=False)
+            self.dtypes = {self.table.dtype}
+
+        def reset_clip_options(self):
+            pass
+
+        def set_clip_options(self, options):
+            pass
+
+        def load_sd(self, sd):
+            return self.load_state_dict(sd, strict=False)
+
+        def encode_token_weights(self, token_weight_pairs):
+            (pairs,) = token_weight_pairs["qwen25_7b"]  # the tokenizer never splits (no maximum length)
+            ids = [p[0] for p in pairs]
+            if not all(isinstance(i, int) for i in ids):
+                raise ValueError("Qwen-Image stand-in text encoder (tests and demo only): image inputs are "
+                                 "not supported; encode text only")
+            starts = [i for i, t in enumerate(ids) if t == 151644]  # <|im_start|>
+            start = starts[1] if len(starts) > 1 else 0  # the user turn of core's template
+            if ids[start + 1:start + 3] == [872, 198]:  # "user", newline
+                start += 3
+            index = torch.tensor(ids[start:], device=self.table.device) % QWEN_IMAGE_STAND_IN_ROWS
+            return self.table[index].unsqueeze(0).float(), None, {}
+
+    return QwenImageStandInEncoder
+
+
+_STAND_IN: dict = {}
+
+
+def qwen_image_stand_in_encoder():
+    """The stand-in encoder class (defined on first use: this module imports without torch)."""
+    if "qwen_image" not in _STAND_IN:
+        _STAND_IN["qwen_image"] = _qwen_image_stand_in_class()
+    return _STAND_IN["qwen_image"]
 
 
 # ---------------------------------------------------------------- files

@@ -26,11 +26,16 @@ SPECS = {
     "flux": ("Flux", "Flux", "flux", "taesd3", "TAESD", ("EmptySD3LatentImage", {"width": 64, "height": 64})),
     "lumina2": ("Lumina2", "Lumina2", "lumina2", "taesd3", "TAESD",
                 ("EmptySD3LatentImage", {"width": 64, "height": 64})),
+    # Qwen-Image: the Wan 2.1 VAE; the text encoder is a seeded stand-in (devtools/families.py says why)
+    "qwen_image": ("QwenImage", "QwenImage", "qwen_image", "wan21", "WanVAE",
+                   ("EmptySD3LatentImage", {"width": 64, "height": 64})),
 }
 # calls of one guided step then one tail step, batch 1: Flux pads both prompts to the same T5 length, so
-# core batches cond and uncond in one call; Lumina 2 does not pad and core runs prompts of different
-# token counts as separate calls
-EXPECTED_CALLS = {"flux": [2, 1], "lumina2": [1, 1, 1]}
+# core batches cond and uncond in one call; Lumina 2 and Qwen-Image do not pad and core runs prompts of
+# different token counts as separate calls
+EXPECTED_CALLS = {"flux": [2, 1], "lumina2": [1, 1, 1], "qwen_image": [1, 1, 1]}
+# context rows of base()'s prompts: Qwen-Image keeps the prompt's tokens and the template's 5 closing ones
+CONTEXT_TOKENS = {"qwen_image": (5 + 5, 5)}  # "a photo of a cat" is 5 tokens, the empty negative none
 GUIDANCE_EMBED = {"flux"}  # Flux dev: FluxGuidance sets the distilled guidance of both prompts
 FAMILIES = list(SPECS)
 STEPS = 2
@@ -79,12 +84,15 @@ def _check_depth(family, model):
     elif family == "lumina2":
         assert net.dim == 2304 and len(net.layers) == 1
         assert len(net.noise_refiner) == 2 and len(net.context_refiner) == 2  # not detected: always 2
+    elif family == "qwen_image":
+        assert net.inner_dim == 3072 and len(net.transformer_blocks) == 1
+        assert net.txt_in.in_features == 3584  # the class's fixed context width, not detected
 
 
 @pytest.mark.parametrize("family", FAMILIES, scope="module")  # one family at a time
 def test_loads_as_the_family_class(comfy, full_width_models, family):
     model_class, config_class, _, _, vae_class, _ = SPECS[family]
-    r = comfy.run(base(full_width_models, family), outputs=["1", "2", "4", "8"])
+    r = comfy.run(base(full_width_models, family), outputs=["1", "2", "3", "4", "8"])
     model, vae = r.output_value("1", 0), r.output_value("8", 0)
     assert type(model.model).__name__ == model_class
     assert type(model.model.model_config).__name__ == config_class
@@ -92,6 +100,11 @@ def test_loads_as_the_family_class(comfy, full_width_models, family):
     _check_depth(family, model)
     cond, extra = r.output_value("2")[0]
     assert torch.isfinite(cond).all() and cond.abs().max() > 0
+    if family in CONTEXT_TOKENS:  # prompts of different token counts give contexts of different lengths
+        uncond = r.output_value("3")[0][0]
+        assert (cond.shape[1], uncond.shape[1]) == CONTEXT_TOKENS[family]
+        assert cond.shape[2] == uncond.shape[2] == model.model.diffusion_model.txt_in.in_features
+        assert "attention_mask" not in extra  # as core's Qwen-Image encoder: nothing padded, no mask
     assert extra.get("guidance") == (3.5 if family in GUIDANCE_EMBED else None)
     assert _samples(r, "4").shape == (1, 16, 8, 8)
 
@@ -102,10 +115,13 @@ def test_window_over_all_steps_is_core_ksampler(comfy, full_width_models, family
     g["5"] = ksampler(steps=STEPS)
     g["6"] = truncated(steps=STEPS)
     g["7"] = ksampler(steps=STEPS, cfg=1.0)
-    r = comfy.run(g, outputs=["5", "6", "7"])
+    g["10"] = {"class_type": "TruncatedCFGModel", "inputs": {"model": ["1", 0], **WINDOW_ALL}}
+    g["11"] = ksampler(model=("10", 0), steps=STEPS)  # the model patch under core KSampler
+    r = comfy.run(g, outputs=["5", "6", "7", "11"])
     out = _samples(r, "5")
     assert torch.isfinite(out).all()
     assert torch.equal(out, _samples(r, "6"))
+    assert torch.equal(out, _samples(r, "11"))
     assert (out - _samples(r, "7")).abs().max() > 1e-4  # cfg 4 is not cfg 1: guidance acts
 
 
@@ -118,7 +134,8 @@ def test_truncated_window_matches_a_step_by_step_reference_of_eq9(comfy, full_wi
     g = base(full_width_models, family)
     g["5"] = truncated(steps=STEPS, seed=seed, cfg=cfg, window={**WINDOW_ALL, "guidance_end": end})
     r = comfy.run(g, outputs=["1", "2", "3", "4", "5"])
-    model, latent = r.output_value("1", 0), _samples(r, "4")
+    model = r.output_value("1", 0)
+    latent = comfy_sample.fix_empty_latent_channels(model, _samples(r, "4"))  # as core's samplers (Qwen-Image: 5-D)
     sigmas = comfy_samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", STEPS)
     ref = _Eq9Reference(comfy_samplers, model, r.output_value("2"), r.output_value("3"), cfg,
                         k=int(STEPS * end), tail="uncond", schedule=sigmas.tolist())
@@ -148,3 +165,23 @@ def test_the_model_runs_exactly_the_expected_rows(comfy, full_width_models, fami
     assert calls == EXPECTED_CALLS[family]  # cond + uncond rows on the guided step, the uncond row alone after
     report = out.ui["shapefirst_guidance"][0]
     assert report["rows_computed"] == 3 and report["skipped_passes"] == 1
+
+
+@pytest.mark.parametrize("family", ["qwen_image"])  # joint attention (SD3 and Flux: test_text_cache.py)
+def test_text_cache_is_refused_with_the_fix(comfy, full_width_models, family):
+    import nodes
+
+    from devtools.harness import GraphError
+
+    model = nodes.UNETLoader().load_unet(full_width_models[family], "default")[0]
+    with pytest.raises(ValueError, match=r"^TruncatedCFGModel: Truncated CFG: text_cache is not available for "
+                                         r"Qwen-Image \(joint attention: .*\); set text_cache to off$"):
+        nodes.NODE_CLASS_MAPPINGS["TruncatedCFGModel"].execute(model, **WINDOW_ALL, text_cache="tail_output")
+    with pytest.raises(ValueError, match=r"^TruncatedCFGModel: text_cache 'keys_values' applies to UNet models .*"
+                                         r"Set text_cache to 'off'\.$"):
+        nodes.NODE_CLASS_MAPPINGS["TruncatedCFGModel"].execute(model, **WINDOW_ALL, text_cache="keys_values")
+    g = base(full_width_models, family)  # the sampler node, through the executor: refused before sampling
+    g["5"] = truncated(steps=STEPS, window={**WINDOW_ALL, "guidance_end": 0.5, "text_cache": "tail_output"})
+    with pytest.raises(GraphError, match=r"TruncatedCFGSampler: Truncated CFG: text_cache is not available for "
+                                         r"Qwen-Image"):
+        comfy.run(g, outputs=["5"])

@@ -3,8 +3,10 @@
 
 Shipped workflows load what real users have (a checkpoint, TripleCLIPLoader/CLIPLoader, UNETLoader,
 VAELoader). ComfyUI's text-encoder loaders accept no reduced config, so the text encoder of the
-tiny model is ComfyUI's own class at one layer, handed to the graph by a node registered only
-while such a run needs it (``FAMILY_TE_NODE``); core CLIPTextEncode encodes with it.
+tiny model is ComfyUI's own class at one layer (Qwen-Image: core's tokenizer and a seeded stand-in
+of its encoder, which cannot be built small; ``devtools.families`` says why), handed to the graph
+by a node registered only while such a run needs it (``FAMILY_TE_NODE``); core CLIPTextEncode
+encodes with it.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 FAMILY_TE_NODE = "ShapeFirstTestFamilyTextEncoder"
-TEXT_ENCODER_KINDS = ("sd3", "wan", "flux", "lumina2")
+TEXT_ENCODER_KINDS = ("sd3", "wan", "flux", "lumina2", "qwen_image")
 # text-encoder loaders of the other families -> the kind of tiny text encoder used instead
 TE_LOADERS = {"TripleCLIPLoader": lambda inputs: "sd3", "CLIPLoader": lambda inputs: inputs["type"]}
-FAMILY_OF_TE = {"sd3": "sd3", "wan": "wan21_t2v"}
+FAMILY_OF_TE = {"sd3": "sd3", "wan": "wan21_t2v", "qwen_image": "qwen_image"}
 VIDEO_FRAMES = 5  # video latents: 5 frames (2 latent frames)
 _CLIPS: dict = {}
 
@@ -41,7 +43,8 @@ class FamilyTextEncoderNode:
     RETURN_TYPES = ("CLIP",)
     FUNCTION = "load"
     CATEGORY = "testing"
-    DESCRIPTION = "Test only: a seeded one-layer text encoder built from ComfyUI's own classes."
+    DESCRIPTION = ("Test only: a seeded one-layer text encoder built from ComfyUI's own classes (Qwen-Image: "
+                   "core's tokenizer and a seeded stand-in of its Qwen2.5-VL encoder).")
 
     def load(self, kind):
         return (family_clip(kind),)
