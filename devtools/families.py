@@ -23,21 +23,23 @@ How each part reaches ComfyUI:
   UMT5 at the real width 4096 (``WanModel``'s text width is not detected, it is fixed at 4096).
   UMT5's sentencepiece model ships inside users' text-encoder files, not with ComfyUI, so the
   Wan tokenizer runs on the sentencepiece model ComfyUI does ship (AuraFlow's, 32000 pieces)
-  and the UMT5 vocabulary is that size.
+  and the UMT5 vocabulary is that size. Qwen-Image's encoder is a stand-in (below).
 
 Families whose width detection fixes (``FULL_WIDTH``): only the depth is reduced, to the fewest
 blocks detection accepts, and the file is fp16 (ComfyUI runs it in fp32 on the CPU). Measured on
 the 2-core, 24 GB development machine shared with other jobs, one torch thread, a 64 px image
 (16 image tokens); one evaluation = one diffusion-model call:
 
-=========  ==========================================  ========  ======  =====  ==============  ========
-family     built                                       params    file    load   per evaluation  peak RAM
-=========  ==========================================  ========  ======  =====  ==============  ========
-Flux dev   3072 wide, 1 double block, 0 single blocks,  389 M     779 MB  5 s    2.7 s (batch 2)  2.6 GB
-           guidance_in kept (detected as ``Flux``)
-Lumina 2   2304 wide, 1 layer + the 2 noise and 2       422 M     844 MB  8 s    2.8 s (batch 1)  2.8 GB
-           context refiners detection always builds
-=========  ==========================================  ========  ======  =====  ==============  ========
+==========  ==========================================  ======  ======  =====  ===============  ========
+family      built                                       params  file    load   per evaluation   peak RAM
+==========  ==========================================  ======  ======  =====  ===============  ========
+Flux dev    3072 wide, 1 double block, 0 single blocks, 389 M   779 MB  5 s    2.7 s (batch 2)  2.6 GB
+            guidance_in kept (detected as ``Flux``)
+Lumina 2    2304 wide, 1 layer + the 2 noise and 2      422 M   844 MB  8 s    2.8 s (batch 1)  2.8 GB
+            context refiners detection always builds
+Qwen-Image  3072 wide, 1 block, 3584-wide context       380 M   761 MB  1-2 s  0.4-0.9 s        2.6 GB
+            (detected as ``QwenImage``)                                        (batch 1)
+==========  ==========================================  ======  ======  =====  ===============  ========
 
 Building takes about 30 s of seeded initialisation (torch's CPU random generator over 400 M
 values) plus saving; one to three minutes in all when the machine is busy. Peak RAM is one process
@@ -50,15 +52,23 @@ computes, to keep an evaluation near a second per row); Lumina 2's Gemma 2 (``ca
 64) with three layers, as ComfyUI reads its second-to-last hidden state and requires it inside the
 model, on AuraFlow's sentencepiece model like UMT5.
 
+Qwen-Image (load time with the file in the page cache; an evaluation with 10 context tokens; it
+builds in about 25 s) decodes with the Wan 2.1 VAE above (its latent format is Wan 2.1's). Its
+text encoder is **replaced**: the diffusion model reads a 3584-wide context (fixed by the class,
+not detected), and ComfyUI's Qwen2.5-VL class always builds the 152064 x 3584 token table (545 M)
+and the 32-layer vision tower (about 670 M, width fixed): 1.2 B parameters, 2.4 GB in fp16 before
+the diffusion model. ``build_text_encoder("qwen_image")`` is therefore core's ``QwenImageTokenizer``
+(the real tokenizer and chat template) feeding a seeded stand-in (``qwen_image_stand_in_encoder``):
+one 3584-wide row of a seeded table per token, with the template's system part dropped as core
+drops it, no pooled output and no attention mask (core drops an all-ones mask). It is not a
+language model: it fixes the context's width and length, not its meaning; prompts of different
+token counts give contexts of different lengths, as with the real encoder.
+
 Families not built, with the reason measured or computed on this machine:
 
 * **Chroma**: the 3072-wide double block is buildable, but the fixed modulation approximator
   (5 layers, 5120 wide, about 270 M parameters) runs on 344 modulation rows per image: its
   matrix products alone take 13 s per image row here (> 5 s per evaluation).
-* **Qwen-Image**: the diffusion model (3072 wide, about 360 M parameters at one block) is
-  buildable, but its text width 3584 is not detected, and ComfyUI's Qwen2.5-VL class always builds
-  the 152064 x 3584 token table (545 M) and the 32-layer vision tower (about 670 M, width fixed):
-  1.2 B parameters, 2.4 GB in fp16 before the diffusion model (> 3 GB peak).
 * **Z-Image**: width 3840 (30 heads), one layer plus four refiners of about 180 M parameters each:
   0.9 B parameters, 1.8 GB in fp16, 3.6 GB in fp32 in RAM.
 

@@ -67,7 +67,10 @@ def test_shipped_workflow_runs_in_comfyui(comfy, sd15_ckpt, path, request):
     family = family_of(shipped)
     prompt = shipped
     if family is not None:
-        prompt = with_family_models(shipped, family, request.getfixturevalue("family_models"))
+        from devtools.families import FULL_WIDTH
+
+        fixture = "full_width_models" if family in FULL_WIDTH else "family_models"  # Qwen-Image: at its real width
+        prompt = with_family_models(shipped, family, request.getfixturevalue(fixture))
     prompt = workflow_tools.apply_overrides(prompt, ckpt=sd15_ckpt, size=64, max_steps=6)
     r = comfy.run(prompt)
     ours = [nid for nid, n in shipped.items()
@@ -102,6 +105,12 @@ def test_family_substitution_keeps_the_shipped_prompt_and_rewires_the_checkpoint
                                                                      "batch_size": 1}}}
     assert family_of(wan) == "wan21_t2v"
     assert with_family_models(wan, "wan21_t2v", {})["2"]["inputs"]["length"] == VIDEO_FRAMES
+    qwen = {"1": {"class_type": "CLIPLoader", "inputs": {"clip_name": "q", "type": "qwen_image", "device": "default"}},
+            "2": {"class_type": "VAELoader", "inputs": {"vae_name": "qwen_image_vae.safetensors"}}}
+    assert family_of(qwen) == "qwen_image"
+    out = with_family_models(qwen, "qwen_image", {"qwen_image": "tiny-qwen", "vae:wan21": "tiny-wan-vae"})
+    assert out["1"]["class_type"] == FAMILY_TE_NODE and out["1"]["inputs"] == {"kind": "qwen_image"}
+    assert out["2"]["inputs"] == {"vae_name": "tiny-wan-vae"}  # Qwen-Image decodes with the Wan 2.1 VAE
 
 
 def _info(comfy_free=None):
