@@ -163,9 +163,9 @@ def _describe(ui: dict, out: Path) -> list[str]:
 def _summary(rows, ckpt: Path, is_demo: bool, mode: str, size, steps, total) -> str:
     lines = ["# ShapeFirst demo run", "",
              f"- checkpoint: {ckpt.name}" + (" (random weights)" if is_demo else ""),
-             "- workflows of other model families (SD3.5, Wan): " + ("the tiny seeded models of "
-                                                                   "devtools/families.py (random weights)"
-                                                                   if is_demo else "skipped (they need that family's files)"),
+             "- workflows of other model families (SD3.5, Wan, Qwen-Image): "
+             + ("the tiny seeded models of devtools/families.py (random weights)" if is_demo
+                else "skipped (they need that family's files)"),
              f"- mode: {mode}; image size: {size or 'as in each workflow'}; step cap: {steps or 'none'}"
              + ("" if steps is None else "; `--full` runs the paper's step counts"),
              f"- total: {total[0]:.0f} s wall, {total[1]:.0f} s CPU time of the process", ""]

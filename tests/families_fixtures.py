@@ -3,7 +3,8 @@
 Diffusion models and VAEs are files built once by ``devtools.families`` under the runtime's
 models folder (``diffusion_models/``, ``vae/``) and loaded by core ``UNETLoader`` / ``VAELoader``.
 ComfyUI's text-encoder loaders accept no reduced config (see ``devtools.families``), so the text
-encoder is ComfyUI's own class at one layer, handed to the graph by a test-only node
+encoder is ComfyUI's own class at one layer (Qwen-Image: core's tokenizer and a seeded stand-in of
+its encoder, which cannot be built small), handed to the graph by a test-only node
 (``devtools.workflows.family_models.FAMILY_TE_NODE``) registered while a module runs and removed afterwards; core
 ``CLIPTextEncode`` encodes with it. Registered for every test module by conftest.py.
 """

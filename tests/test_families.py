@@ -5,8 +5,8 @@ and VAELoader and run through ComfyUI's executor; the text encoder is ComfyUI's 
 layer (families_fixtures.py says why). Each family: it loads as the right model class, core
 KSampler samples with cfg > 1, TruncatedCFGSampler with the window over all steps is core KSampler
 bit for bit, a truncated window equals a step-by-step reference of eq. 9 written in the test, and
-the diffusion model runs exactly the expected rows. Flux and Lumina 2 are built at their real
-width (detection fixes it) and tested in test_families_dit.py; Chroma, Qwen-Image and Z-Image are
+the diffusion model runs exactly the expected rows. Flux, Lumina 2 and Qwen-Image are built at
+their real width (detection fixes it) and tested in test_families_dit.py; Chroma and Z-Image are
 not built (devtools/families.py says why).
 """
 

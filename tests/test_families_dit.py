@@ -1,15 +1,20 @@
-"""Tier 2: the CFG families whose detection fixes a full width (Flux dev with true CFG, Lumina 2).
+"""Tier 2: the CFG families whose detection fixes a full width (Flux dev with true CFG, Lumina 2,
+Qwen-Image).
 
 Only the depth of these models is free, so devtools/families.py builds them at the real width
 with the fewest blocks detection accepts (Flux: one double block, no single block, 389 M
-parameters; Lumina 2: one layer and the four refiners, 422 M; fp16 files of about 800 MB, run in
-fp32 on the CPU). Each evaluation takes seconds, so every test is one sampler, two steps, batch 1
-and a 64 px image (4 x 4 = 16 image tokens; Flux's prompt padded to 8 T5 tokens): it loads as the
-right model class, TruncatedCFGSampler with the window over all steps is core KSampler at cfg > 1
-bit for bit, a truncated window equals the step-by-step reference of eq. 9 written in
-test_families.py, and the diffusion model runs exactly the expected rows. Flux dev's guidance
-embedding is detected (guidance_in), so the graph sets FluxGuidance on both prompts, as a user
-running true CFG with Flux dev does.
+parameters; Lumina 2: one layer and the four refiners, 422 M; Qwen-Image: one block, 380 M; fp16
+files of about 800 MB, run in fp32 on the CPU). Each evaluation takes up to seconds, so every test
+is one sampler, two steps, batch 1 and a 64 px image (4 x 4 = 16 image tokens; Flux's prompt padded
+to 8 T5 tokens): it loads as the right model class, TruncatedCFGSampler, and TruncatedCFGModel
+under core KSampler, with the window over all steps are core KSampler at cfg > 1 bit for bit, a
+truncated window equals the step-by-step reference of eq. 9 written in test_families.py, and the
+diffusion model runs exactly the expected rows. Flux dev's guidance embedding is detected
+(guidance_in), so the graph sets FluxGuidance on both prompts, as a user running true CFG with Flux
+dev does. Qwen-Image's text encoder is a seeded stand-in on core's tokenizer (ComfyUI's Qwen2.5-VL
+class cannot be built small; devtools/families.py says why): it gives the 3584-wide context the
+model reads and the real token counts, not a language model's meaning. On this joint-attention
+model the text cache is refused with its fix.
 """
 
 from __future__ import annotations
