@@ -190,3 +190,17 @@ def test_text_cache_is_refused_with_the_fix(comfy, full_width_models, family):
     with pytest.raises(GraphError, match=r"TruncatedCFGSampler: Truncated CFG: text_cache is not available for "
                                          r"Qwen-Image"):
         comfy.run(g, outputs=["5"])
+
+
+def test_qwen_image_stand_in_encoder_is_seeded_and_follows_the_tokens(comfy):
+    """The stand-in text encoder (not a language model): the same seed gives the same table, and each
+    context row follows its own token: one word changed changes one row."""
+    from devtools import families
+
+    a, b = families.build_text_encoder("qwen_image"), families.build_text_encoder("qwen_image")
+    assert torch.equal(a.cond_stage_model.table, b.cond_stage_model.table)
+    cat = a.encode_from_tokens(a.tokenize("a photo of a cat"))
+    dog = b.encode_from_tokens(b.tokenize("a photo of a dog"))
+    assert cat.shape == dog.shape == (1, 10, 3584)
+    changed = [i for i in range(cat.shape[1]) if not torch.equal(cat[0, i], dog[0, i])]
+    assert changed == [4]  # "a photo of a" and the template's closing tokens are the same rows
