@@ -44,7 +44,7 @@ Qwen-Image  3072 wide, 1 block, 3584-wide context       380 M   761 MB  1-2 s  0
 Building takes about 30 s of seeded initialisation (torch's CPU random generator over 400 M
 values) plus saving; one to three minutes in all when the machine is busy. Peak RAM is one process
 loading (the fp16 file and the fp32 model) and sampling; the test process of one family peaks at
-4.0 GB (Flux) and 4.2 GB (Lumina 2). The text encoders stay tiny because the
+4.0 GB (Flux), 4.2 GB (Lumina 2) and 5.8 GB (Qwen-Image). The text encoders stay tiny because the
 diffusion model reads their width from shapes: Flux's T5 (``txt_in``, width 64) and CLIP-L
 (``vector_in``, width 64), one layer each, T5 padding reduced from 256 to ``FLUX_TEXT_TOKENS`` = 8
 tokens through the tokenizer's ``t5xxl_min_length`` option (the only change to what a user's graph
