@@ -288,3 +288,63 @@ def test_wan_refusals_name_the_node_and_the_fix(comfy, family_models):
     with pytest.raises(GraphError, match=r"AttentionMapView: batch_index 2 is outside the 2 recorded frames "
                                          r"\(1 video x latent frames \[0, 2\].*use an index in 0-1"):
         comfy.run(g)
+
+
+# ---------------------------------------------------------------- Flux dev at its real width (joint attention)
+def test_flux_real_width_double_block_capture_equals_the_joint_softmax(comfy, full_width_models, monkeypatch):
+    """One double block 3072 wide (24 heads of 128), 1 step, batch 1, 64 px: 8 T5 tokens + 16 image
+    tokens. q and k are read where the block hands them to attention: after its q/k norm and the
+    rotary embedding (``comfy.ldm.flux.math.apply_rope``, wrapped here to keep its outputs)."""
+    import gc
+
+    import comfy.ldm.flux.math as flux_math
+    import comfy.model_management as mm
+
+    from test_families_dit import base as dit_base
+
+    g = dit_base(full_width_models, "flux")  # "a photo of a cat": both prompts fit the 8 T5 tokens
+    g["5"] = {"class_type": "AttentionMapCapture", "inputs": {"model": ["1", 0], **CAPTURE}}
+    g["7"] = ksampler(model=("5", 0), steps=1)
+    loaders = {k: v for k, v in g.items() if k not in ("5", "7")}
+    seen = []
+    original = flux_math.apply_rope
+
+    def apply_rope(xq, xk, freqs_cis):
+        q, k = original(xq, xk, freqs_cis)
+        seen.append((q.detach().double().clone(), k.detach().double().clone()))
+        return q, k
+
+    try:
+        r0 = comfy.run(loaders, outputs=["1", "2", "3"])
+        dm = r0.output_value("1", 0).model.diffusion_model
+        contexts = []
+        handle = dm.txt_in.register_forward_hook(lambda m, i, o: contexts.append(i[0].detach().double().clone()))
+        monkeypatch.setattr(flux_math, "apply_rope", apply_rope)
+        try:
+            r = comfy.run(g, fresh_cache=False, outputs=["7"])
+        finally:
+            handle.remove()
+            monkeypatch.undo()
+        run, captured = r.output_value("5", 1).run, r.output_value("7")["samples"]
+        plain = comfy.run(loaders | {"6": ksampler(steps=1)}, fresh_cache=False, outputs=["6"])
+        assert torch.equal(captured, plain.output_value("6")["samples"])  # bit-identical with the capture
+
+        text, n_img = 8, 16
+        assert run.model_kind == "joint" and run.grid == (4, 4) and len(run.layer_names) == 1
+        assert run.token_count == {0: text, 1: text} and run.steps(0) == run.steps(1) == [0]
+        assert len(seen) == len(contexts) == 1  # one double block, one call (cond and uncond batched)
+        q, k = seen[0]  # (B, 24, 8 + 16, 128)
+        assert q.shape[1:] == (24, text + n_img, 128)
+        joint = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(128), dim=-1)
+        block = joint[:, :, text:, :text]
+        want = (block / block.sum(-1, keepdim=True)).mean(1)  # renormalised over text, mean of heads
+        rows = _branch_rows(contexts[0], r0.output_value("2")[0][0], r0.output_value("3")[0][0])
+        assert sorted(rows) == [0, 1]
+        for branch, row in rows.items():
+            got = run.layers[branch][0][run.layer_names[0]][0].double()
+            ref = want[row].transpose(0, 1).reshape(text, 4, 4)
+            assert torch.allclose(got, ref, rtol=1e-3, atol=2e-5), (branch, (got - ref).abs().max())
+    finally:
+        mm.unload_all_models()  # the ~1.6 GB fp32 model: let core drop it before the next test
+        gc.collect()
+        mm.soft_empty_cache()
