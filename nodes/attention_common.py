@@ -36,9 +36,11 @@ def check_run(node: str, capture, images, branch_name: str, batch_index: int = 0
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[-1] != 3:
         raise ShapeFirstInputError(node, "the IMAGE input must be a batch of RGB images (B, H, W, 3).")
     if run.frames:
-        if images.shape[0] % run.videos or images.shape[0] < run.videos * 2 and run.total_frames > 1:
+        too_few = run.total_frames > 1 and images.shape[0] < run.videos * 2  # a video decodes to several frames
+        if images.shape[0] % run.videos or too_few:
             raise ShapeFirstInputError(
-                node, f"the IMAGE input holds {images.shape[0]} images but the captured run sampled {run.videos} "
+                node, f"the IMAGE input holds {images.shape[0]} image{'s' if images.shape[0] != 1 else ''} but the "
+                      f"captured run sampled {run.videos} "
                       f"video{'s' if run.videos != 1 else ''} of {run.total_frames} latent frames. Connect the decoded "
                       "frames (VAE Decode) of the sampler that uses this capture's MODEL.")
     elif images.shape[0] != run.batch:

@@ -348,3 +348,13 @@ def test_flux_real_width_double_block_capture_equals_the_joint_softmax(comfy, fu
         mm.unload_all_models()  # the ~1.6 GB fp32 model: let core drop it before the next test
         gc.collect()
         mm.soft_empty_cache()
+
+
+def test_wan_view_refuses_a_single_picture_for_a_video_capture(comfy, family_models):
+    g = _wan_graph(family_models)
+    g["12"] = {"class_type": "ImageFromBatch", "inputs": {"image": ["10", 0], "batch_index": 0, "length": 1}}
+    g["11"] = {"class_type": "AttentionMapView", "inputs": {
+        "capture": ["5", 1], "images": ["12", 0], "clip": ["9", 0], "prompt": PROMPT, **VIEW}}
+    with pytest.raises(GraphError, match=r"AttentionMapView: the IMAGE input holds 1 image but the captured run "
+                                         r"sampled 1 video of 3 latent frames\. Connect the decoded frames"):
+        comfy.run(g)
