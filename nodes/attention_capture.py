@@ -13,6 +13,8 @@ How the probabilities are read, whatever attention backend ComfyUI runs (the hoo
 * PixArt: its cross-attention passes no transformer_options; an object patch on each block's
   ``cross_attn.forward`` recomputes q and k from the module's own projections and then runs the
   original forward.
+* Wan 2.1 / 2.2 (video): an object patch on each block's ``cross_attn.forward`` flags the calls
+  inside it, the override reads the one over the text tokens; per kept frame of the 5-D latent.
 * Other models (no text-to-image attention the capture can read) are refused.
 
 All hooks live on the clone this node returns; the state they touch is reset in ``finally``.
@@ -33,11 +35,22 @@ __all__ = ["AttentionMapCapture", "AttentionCaptureType", "AttentionRecorder", "
 AttentionCaptureType = io.Custom("SHAPEFIRST_ATTENTION")
 JOINT_MODELS = {"MMDiT", "OpenAISignatureMMDITWrapper", "Flux"}
 REFUSED_JOINT = {"Chroma", "HunyuanVideo", "Lumina"}
+SUPPORTED = "SD1.x, SD2.x, SDXL, PixArt, SD3, Flux, Wan 2.1 or Wan 2.2"
+
+
+def _wan_cross_attention(dm) -> bool:
+    """A Wan model whose every block has Wan's own text cross-attention (T2V or I2V)."""
+    import comfy.ldm.wan.model as wan
+
+    kinds = tuple(getattr(wan, n) for n in ("WanT2VCrossAttention", "WanI2VCrossAttention") if hasattr(wan, n))
+    blocks = getattr(dm, "blocks", None)
+    return (isinstance(dm, wan.WanModel) and blocks is not None and len(blocks) > 0
+            and all(type(getattr(b, "cross_attn", None)) in kinds for b in blocks))
 
 
 def model_kind(model) -> str:
-    """'unet', 'pixart' or 'joint'; refuses models whose text does not reach the image in a way
-    the capture can read."""
+    """'unet', 'pixart', 'joint' or 'video'; refuses models whose text does not reach the image in a
+    way the capture can read."""
     from comfy.ldm.modules.attention import BasicTransformerBlock
     from comfy.ldm.pixart.pixartms import PixArtMS
 
@@ -47,6 +60,8 @@ def model_kind(model) -> str:
     name = type(dm).__name__
     if name in JOINT_MODELS:
         return "joint"
+    if _wan_cross_attention(dm):
+        return "video"
     for m in dm.modules():
         if isinstance(m, BasicTransformerBlock) and m.attn2 is not None and not m.switch_temporal_ca_to_sa:
             return "unet"
@@ -55,7 +70,7 @@ def model_kind(model) -> str:
         f"this model ({name}) has no cross-attention layers to capture"
         + (": its text and image tokens attend jointly in a layout the capture does not read"
            if name in REFUSED_JOINT else "")
-        + ". Connect an SD1.x, SD2.x, SDXL, PixArt, SD3 or Flux model.")
+        + f". Connect an {SUPPORTED} model.")
 
 
 def install(model, settings: CaptureSettings):
@@ -65,7 +80,8 @@ def install(model, settings: CaptureSettings):
     kind = model_kind(model)
     dm = model.get_model_object("diffusion_model")
     patch = getattr(dm, "patch_size", 1)
-    rec = AttentionRecorder(settings, kind, patch_size=int(patch if isinstance(patch, int) else patch[-1]))
+    rec = AttentionRecorder(settings, kind, patch_size=int(patch if isinstance(patch, int) else patch[-1]),
+                            patch_frames=1 if isinstance(patch, int) else int(patch[0]))
     m = patched_clone(model, rec.key, {pe.WrappersMP.SAMPLER_SAMPLE: rec.sampler_sample,
                                        pe.WrappersMP.CALC_COND_BATCH: rec.calc_cond_batch,
                                        pe.WrappersMP.APPLY_MODEL: rec.apply_model})
@@ -77,6 +93,12 @@ def install(model, settings: CaptureSettings):
             attn = [a for tb in index.values() for a in (tb.attn1, tb.attn2) if a is not None]
             layers = index if has_preferences(attn) else None
         chain_override(m, lambda previous: rec.make_override(previous, layers), rec.key)  # calls an earlier one
+    elif kind == "video":
+        for i, block in enumerate(dm.blocks):
+            chain_object_patch(m, f"diffusion_model.blocks.{i}.cross_attn.forward",
+                               lambda previous, module=block.cross_attn, name=f"blocks.{i}":
+                               rec.make_flagging_forward(module, name, previous), rec.key)
+        chain_override(m, lambda previous: rec.make_override(previous, None), rec.key)
     else:
         for i, block in enumerate(dm.blocks):
             chain_object_patch(m, f"diffusion_model.blocks.{i}.cross_attn.forward",
@@ -100,7 +122,8 @@ class AttentionMapCapture(io.ComfyNode):
                 "identical to sampling without it. Memory: 2 bytes x steps x tokens x grid pixels per image and "
                 "branch (SDXL 1024 px, 30 steps, 77 tokens: 19 MB), kept on the CPU until the next run. "
                 "SD1.x, SD2.x, SDXL and PixArt (cross-attention); SD3 and Flux (joint attention: each image token's "
-                "attention on the text tokens, renormalised over the text tokens). Use one sampler per "
+                "attention on the text tokens, renormalised over the text tokens); Wan 2.1 / 2.2 video "
+                "(cross-attention, one map per kept latent frame: frame_stride). Use one sampler per "
                 "capture node: each sampling run replaces the previous record."),
             inputs=[
                 io.Model.Input("model", tooltip="The model to sample with. It is cloned, never modified."),
@@ -121,6 +144,10 @@ class AttentionMapCapture(io.ComfyNode):
                 io.Float.Input("memory_limit_mb", default=1024.0, min=1.0, max=65536.0, step=1.0,
                                tooltip="A run whose maps would exceed this many MB stops at its first step with an "
                                        "error saying what to reduce."),
+                io.Int.Input("frame_stride", default=1, min=1, max=1000, optional=True,
+                             tooltip="Video latents (Wan): keep the maps of every Nth latent frame (the first and "
+                                     "the last always); each kept frame costs what one image does. 1 = every "
+                                     "frame. Ignored for images."),
             ],
             outputs=[
                 io.Model.Output("captured_model", display_name="model",
@@ -132,9 +159,10 @@ class AttentionMapCapture(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, record_uncond=False, step_stride=1, max_tokens=77, max_grid=64, keep_layers=False,
-                memory_limit_mb=1024.0) -> io.NodeOutput:
+                memory_limit_mb=1024.0, frame_stride=1) -> io.NodeOutput:
         settings = CaptureSettings(branches=(COND, UNCOND) if record_uncond else (COND,),
                                    step_stride=int(step_stride), max_tokens=int(max_tokens), max_grid=int(max_grid),
-                                   keep_layers=bool(keep_layers), memory_limit_mb=float(memory_limit_mb))
+                                   keep_layers=bool(keep_layers), memory_limit_mb=float(memory_limit_mb),
+                                   frame_stride=int(frame_stride))
         patched, recorder = install(model, settings)
         return io.NodeOutput(patched, recorder)

@@ -35,7 +35,15 @@ def check_run(node: str, capture, images, branch_name: str, batch_index: int = 0
         raise ShapeFirstInputError(node, f"'{what}' recorded nothing for the {branch_name} branch; {hint}.")
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[-1] != 3:
         raise ShapeFirstInputError(node, "the IMAGE input must be a batch of RGB images (B, H, W, 3).")
-    if images.shape[0] != run.batch:
+    if run.frames:
+        too_few = run.total_frames > 1 and images.shape[0] < run.videos * 2  # a video decodes to several frames
+        if images.shape[0] % run.videos or too_few:
+            raise ShapeFirstInputError(
+                node, f"the IMAGE input holds {images.shape[0]} image{'s' if images.shape[0] != 1 else ''} but the "
+                      f"captured run sampled {run.videos} "
+                      f"video{'s' if run.videos != 1 else ''} of {run.total_frames} latent frames. Connect the decoded "
+                      "frames (VAE Decode) of the sampler that uses this capture's MODEL.")
+    elif images.shape[0] != run.batch:
         raise ShapeFirstInputError(
             node, f"the IMAGE input holds {images.shape[0]} images but the captured run sampled {run.batch}. Connect "
                   "the decoded output of the sampler that uses this capture's MODEL.")
@@ -46,15 +54,19 @@ def check_run(node: str, capture, images, branch_name: str, batch_index: int = 0
                   "decoded output of the sampler that uses this capture's MODEL.")
     if not 0 <= batch_index < run.batch:
         which = "0" if run.batch == 1 else f"0-{run.batch - 1}"
-        raise ShapeFirstInputError(node, f"batch_index {batch_index} is outside the batch of {run.batch} "
-                                         f"image{'s' if run.batch != 1 else ''}: use an index in {which}.")
+        what_ = (f"{run.batch} recorded frames ({run.videos} video{'s' if run.videos != 1 else ''} x latent frames "
+                 f"{run.frames}; index = video x {len(run.frames)} + kept frame)") if run.frames else \
+            f"batch of {run.batch} image{'s' if run.batch != 1 else ''}"
+        raise ShapeFirstInputError(node, f"batch_index {batch_index} is outside the {what_}: use an index in {which}.")
     return run, branch
 
 
 def prompt_tokens(node: str, clip, prompt: str) -> tuple[list[str], list[str]]:
-    """(labels, roles) for every position of ``prompt`` as ``clip`` tokenizes it: the first text
-    encoder that gives rows (clip_l for SD1.x / SDXL). Tokenizers of unknown families are read
-    generically (start / end / pad tokens of their first sub-tokenizer with a vocabulary)."""
+    """(labels, roles) for every row of ``prompt``'s conditioning as ``clip`` tokenizes it: per
+    segment of rows (``shapefirst.swap.locate``), the first encoder giving rows there (clip_l for
+    SD1.x / SDXL; SD3: clip_l's 77 rows, then T5's, with T5's roles: no [SOS], SEM, ``</s>`` as
+    [EOS], padding). Tokenizers of unknown families are read generically (start / end / pad tokens
+    of their first sub-tokenizer with a vocabulary)."""
     if clip is None or not hasattr(clip, "tokenize"):
         raise ShapeFirstInputError(node, "'clip' must be the CLIP model that encoded the prompt (from the checkpoint loader).")
     try:
@@ -63,15 +75,26 @@ def prompt_tokens(node: str, clip, prompt: str) -> tuple[list[str], list[str]]:
         raise ShapeFirstInputError(node, f"this CLIP's tokenizer is not supported for token labels ({exc}); connect "
                                          "the checkpoint's CLIP.") from None
     tokens = ct.tokenize(clip, str(prompt))
-    enc = (spec.row_encoders or spec.encoders)[0]
-    chunks = tokens.get(enc.key) or tokens[next(iter(tokens))]
-    try:
-        roles = swap.row_roles(enc, prompt_roles(chunks, enc.info))
-    except TokenLayoutError as exc:
-        raise ShapeFirstInputError(node, f"the prompt does not follow the {spec.kind} chat template ({exc}); type "
-                                         "the prompt alone, as in CLIP Text Encode.") from None
-    flat = flat_roles(roles)
-    return token_labels([swap.row_entries(enc, chunks)], enc.inv_vocab, flat), flat
+    encoders = spec.row_encoders or spec.encoders[:1]
+    segments = sorted({e.segment or 0 for e in encoders})
+    labels, flat = [], []
+    for seg in segments:
+        members = [e for e in encoders if (e.segment or 0) == seg and (e.key in tokens or len(segments) == 1)]
+        if not members:
+            continue
+        rows = []
+        for enc in members:
+            chunks = tokens.get(enc.key) or tokens[next(iter(tokens))]
+            try:
+                roles = flat_roles(swap.row_roles(enc, prompt_roles(chunks, enc.info)))
+            except TokenLayoutError as exc:
+                raise ShapeFirstInputError(node, f"the prompt does not follow the {spec.kind} chat template ({exc}); "
+                                                 "type the prompt alone, as in CLIP Text Encode.") from None
+            rows.append((token_labels([swap.row_entries(enc, chunks)], enc.inv_vocab, roles), roles))
+        count = min(len(r[1]) for r in rows)  # side-by-side encoders are cut to a common length
+        labels += rows[0][0][:count]
+        flat += rows[0][1][:count]
+    return labels, flat
 
 
 def check_prompt_length(node: str, run: AttentionRun, branch: int, roles: list[str], what: str = "capture") -> None:

@@ -9,13 +9,17 @@ attention call is the flagged cross-attention) is kept per thread, and layer map
 under a lock: ComfyUI's multi-GPU CFG splitting runs the cond and uncond chunks on several
 devices from a thread pool, each thread through these hooks.
 
-Three ways to read the probabilities:
+Four ways to read the probabilities:
 * UNet cross-attention: an ``attn2_patch`` flags the next attention call, the override
   (``attention_override``) computes softmax(q k^T / sqrt(d)) from the q and k it is handed.
 * joint attention (SD3/MMDiT, Flux): every attention call over [text; image] tokens passes the
   override; the image-query x text-key block is taken, see ``_observe_joint``.
 * PixArt: an object patch on each block's ``cross_attn.forward`` recomputes q and k from the
   module's own projections and then runs the original forward.
+* Wan (cross-attention over the tokens of a 5-D video latent): an object patch on each block's
+  ``cross_attn.forward`` (which changes nothing) flags the attention calls inside it, and the
+  override takes the flagged call whose keys are the text tokens; only the query rows of the kept
+  frames are used, each kept frame of each video one entry of the maps' batch axis.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..shapefirst.attention import (BRANCH_NAMES, AttentionRun, EvalAccumulator, fold_repeats, grid_for,
-                                    head_mean_probs, infer_hw, joint_text_probs, planned_steps, to_maps)
+from ..shapefirst.attention import (BRANCH_NAMES, AttentionRun, EvalAccumulator, fold_repeats, frames_to_batch,
+                                    grid_for, head_mean_probs, infer_hw, joint_text_probs, planned_steps,
+                                    take_frames, to_maps)
 from ._common import KEY_PREFIX, LOGGER, ShapeFirstInputError
 from .attention_override import make_observing_override
 
@@ -43,6 +48,7 @@ class CaptureSettings:
     max_grid: int = 64
     keep_layers: bool = False
     memory_limit_mb: float = 1024.0
+    frame_stride: int = 1  # video latents: keep every Nth frame (the last always)
 
 
 def _context_length(entries) -> int:
@@ -67,17 +73,19 @@ class _Call:
     text: int  # text tokens in the call (joint attention), 0 if unknown
     pending: tuple | None = None  # (queries, keys, layer, activations_shape) flagged by attn2_patch
     joint_calls: int = 0
+    frames: int = 0  # latent frames of a video call, 0 for images
 
 
 class AttentionRecorder:
     """Holds the last sampling run of the model it patched; reset at the start of each run."""
 
-    def __init__(self, settings: CaptureSettings, kind: str, patch_size: int = 1):
+    def __init__(self, settings: CaptureSettings, kind: str, patch_size: int = 1, patch_frames: int = 1):
         self.id = next(_ids)
         self.key = f"{KEY_PREFIX}attention_capture.{self.id}"
         self.settings = settings
         self.kind = kind
         self.patch_size = patch_size
+        self.patch_frames = patch_frames  # video: latent frames per token frame
         self.run: AttentionRun | None = None
         self.runs_started = 0
         self._lock = threading.Lock()
@@ -114,10 +122,16 @@ class AttentionRecorder:
     def sampler_sample(self, executor, guider, sigmas, extra_args, callback, noise, latent_image, denoise_mask,
                        disable_pbar):
         total = max(0, len(sigmas) - 1)
+        batch, frames, total_frames = int(noise.shape[0]), [], 0
+        if noise.ndim == 5:  # video (B, C, F, H, W): every kept frame of every video is one entry
+            total_frames = -(-int(noise.shape[2]) // self.patch_frames)
+            frames = planned_steps(total_frames, self.settings.frame_stride)
+            batch = batch * len(frames)
         run = AttentionRun(sigmas=[float(s) for s in sigmas[:-1]],
                            planned_steps=planned_steps(total, self.settings.step_stride),
-                           latent_hw=tuple(int(s) for s in noise.shape[-2:]), batch=int(noise.shape[0]),
-                           max_tokens=self.settings.max_tokens, model_kind=self.kind)
+                           latent_hw=tuple(int(s) for s in noise.shape[-2:]), batch=batch,
+                           max_tokens=self.settings.max_tokens, model_kind=self.kind, frames=frames,
+                           total_frames=total_frames, videos=int(noise.shape[0]) if frames else 0)
         self.run = run  # a new run replaces the last one: nothing leaks from earlier prompts
         self.runs_started += 1
         self._reset()
@@ -163,7 +177,8 @@ class AttentionRecorder:
         previous = self._current()
         text = int(c_crossattn.shape[1]) if isinstance(c_crossattn, torch.Tensor) and c_crossattn.ndim == 3 else 0
         self._local.call = _Call(list(transformer_options.get("cond_or_uncond") or []),
-                                 tuple(int(s) for s in x.shape[-2:]), text)
+                                 tuple(int(s) for s in x.shape[-2:]), text,
+                                 frames=int(x.shape[2]) if x.ndim == 5 else 0)
         try:
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
         finally:
@@ -197,6 +212,11 @@ class AttentionRecorder:
                 return
             if rec.kind == "joint":
                 rec._observe_joint(call, args, kwargs)
+                return
+            if rec.kind == "video":
+                layer = getattr(rec._local, "cross", None)
+                if layer is not None:
+                    rec._observe_video(call, layer, args, kwargs)
                 return
             pending, call.pending = call.pending, None
             if pending is not None:
@@ -232,6 +252,22 @@ class AttentionRecorder:
             if previous is not None:
                 return previous(x, cond, mask)
             return type(module).forward(module, x, cond, mask)
+
+        return forward
+
+    def make_flagging_forward(self, module, layer: str, previous=None):
+        """A Wan block's ``cross_attn.forward`` that flags the attention calls made inside it as
+        this layer's cross-attention, then runs the original (or an earlier patch) unchanged."""
+        rec = self
+
+        def forward(*args, **kwargs):
+            outer, rec._local.cross = getattr(rec._local, "cross", None), layer
+            try:
+                if previous is not None:
+                    return previous(*args, **kwargs)
+                return type(module).forward(module, *args, **kwargs)
+            finally:
+                rec._local.cross = outer
 
         return forward
 
@@ -288,6 +324,33 @@ class AttentionRecorder:
         probs = joint_text_probs(_take(q, rows, b), _take(k, rows, b), int(heads), call.text, hw[0] * hw[1],
                                  skip_reshape=skip, mask=mask)
         self._add(call, layer, probs, rows, hw)
+
+    def _observe_video(self, call: _Call, layer: str, args, kwargs):
+        """One attention call inside a Wan block's cross-attention: kept when its keys are the text
+        tokens (an image-to-video model's first call attends to the CLIP-vision tokens instead)."""
+        if len(args) < 2 or call.text <= 0 or call.frames <= 0:
+            return
+        q, k = args[0], args[1]
+        heads = args[3] if len(args) > 3 else kwargs.get("heads")
+        skip = bool(kwargs.get("skip_reshape", False))
+        nq, nk = (q.shape[2], k.shape[2]) if skip else (q.shape[1], k.shape[1])
+        if nk != call.text or heads is None:
+            return
+        p = self.patch_size
+        hw = (-(-call.hw[0] // p), -(-call.hw[1] // p))
+        total = -(-call.frames // self.patch_frames)
+        if nq != total * hw[0] * hw[1]:
+            self._warn("video", f"a cross-attention call with {nq} query positions is not the {total} frames x "
+                                f"{hw[0]}x{hw[1]} tokens of the latent (reference frames?); it was not recorded.")
+            return
+        rows = self._rows(call, q.shape[0])
+        if not rows:
+            return
+        frames = self._run.frames
+        b = q.shape[0] // len(call.chunks)
+        qk = take_frames(_take(q, rows, b), frames, total, skip_reshape=skip)
+        probs = head_mean_probs(qk, _take(k, rows, b), int(heads), skip_reshape=skip, mask=None)
+        self._add(call, layer, frames_to_batch(probs, len(frames)), rows, hw)
 
     def _rows(self, call: _Call, batch: int) -> list[int]:
         """Indices of the batch chunks of this call that belong to a recorded branch."""
@@ -351,9 +414,17 @@ class AttentionRecorder:
                 CAPTURE_NODE,
                 f"this run would store {projected / 2 ** 20:.0f} MB of attention maps, over memory_limit_mb = "
                 f"{s.memory_limit_mb:g} ({len(run.planned_steps)} steps x {run.tokens_kept(branches[0])} tokens x "
-                f"{gh}x{gw} grid x {run.batch} images x {len(branches)} branches"
+                f"{gh}x{gw} grid x {run.batch} images{self._frames_note()} x {len(branches)} branches"
                 f"{' + per-layer maps' if s.keep_layers else ''}). Keep fewer steps (step_stride), fewer tokens "
-                "(max_tokens), a coarser grid (max_grid), turn keep_layers off, or raise memory_limit_mb.")
+                "(max_tokens), a coarser grid (max_grid), "
+                + ("fewer video frames (frame_stride), " if run.frames else "")
+                + "turn keep_layers off, or raise memory_limit_mb.")
+
+    def _frames_note(self) -> str:
+        run = self._run
+        if not run.frames:
+            return ""
+        return f" (= {run.videos} video{'s' if run.videos != 1 else ''} x {len(run.frames)} kept frames)"
 
 
 def _take(t, rows: list[int], b: int):

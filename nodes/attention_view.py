@@ -62,7 +62,10 @@ class AttentionMapView(io.ComfyNode):
                 io.String.Input("steps", default="auto",
                                 tooltip="Steps for the heatmap grid: 'auto' = 6 spread over the run (first and last "
                                         "included), 'all', or step numbers from 0, e.g. '0, 5, 10'."),
-                io.Int.Input("batch_index", default=0, min=0, max=4095, tooltip="Which image of the batch (0 = first)."),
+                io.Int.Input("batch_index", default=0, min=0, max=4095,
+                             tooltip="Which image of the batch (0 = first). Video: which kept frame, video x kept "
+                                     "frames + k (frame_stride of the capture); drawn over the decoded frame at the "
+                                     "same time."),
                 io.Int.Input("cell_size", default=128, min=32, max=512,
                              tooltip="Size in px of one heatmap cell in the grid image."),
                 io.Int.Input("edge_size", default=128, min=32, max=1024,
@@ -109,7 +112,7 @@ class AttentionMapView(io.ComfyNode):
 
         maps = run.stacked(b, batch_index)  # (S, T_kept, gh, gw)
         shares = metrics.class_shares(run.stacked_token_means(b, batch_index), roles)
-        image = images[batch_index].to("cpu", torch.float32)
+        image = images[run.image_index(batch_index, images.shape[0])].to("cpu", torch.float32)
         progress = comfy.utils.ProgressBar(len(recorded) * len(picked) + 2)
         f1 = metrics.shape_convergence(image, maps[:, picked], edge_size, canny_low, canny_high, edge_tolerance,
                                        on_map=progress.update)
@@ -129,6 +132,9 @@ class AttentionMapView(io.ComfyNode):
             "node": VIEW_NODE, "branch": branch, "batch_index": batch_index, "steps": recorded,
             "total_steps": run.total_steps, "sigmas": sigmas, "grid": list(run.grid), "latent": list(run.latent_hw),
             "layers": run.layer_names, "tokens_kept": kept,
+            "video": {"frames": run.frames, "total_frames": run.total_frames, "videos": run.videos,
+                      "frame": run.frames[batch_index % len(run.frames)],
+                      "image": run.image_index(batch_index, images.shape[0])} if run.frames else None,
             "tokens": [{"index": i, "label": labels[i], "role": roles[i]} for i in range(len(roles))],
             "selected_tokens": picked, "grid_steps": grid_steps, "class_shares": shares,
             "edge_f1": {"per_token": {str(i): f1[k].tolist() for k, i in enumerate(picked)},

@@ -7,6 +7,7 @@ one common grid. Everything here is plain torch on whatever device the tensors l
 * ``head_mean_probs`` computes the probabilities of one attention call in bounded chunks;
 * ``joint_text_probs`` takes the image-query x text-key part of a joint attention call;
 * ``fold_repeats`` undoes ComfyUI's repetition of a shorter context (cond/uncond batching);
+* ``take_frames`` / ``frames_to_batch`` keep the query rows of chosen frames of a video latent;
 * ``resample`` moves a map to the common grid and keeps every pixel's distribution summing to 1;
 * ``EvalAccumulator`` sums the layers of one model evaluation as they come;
 * ``AttentionRun`` is what a capture holds for one sampling run (CPU, float16 maps).
@@ -116,6 +117,34 @@ def fold_repeats(probs: torch.Tensor, length: int) -> torch.Tensor:
     if length <= 0 or total % length:
         raise ValueError(f"{total} keys are not a whole number of repeats of {length} tokens")
     return probs.reshape(*probs.shape[:-1], total // length, length).sum(dim=-2)
+
+
+def take_frames(q: torch.Tensor, frames: list[int], total: int, skip_reshape: bool = False) -> torch.Tensor:
+    """The query rows of the chosen ``frames`` of a video's token sequence ordered (frame, h, w).
+
+    ``q``: (B, total * n, C), or with ``skip_reshape`` (B, heads, total * n, d). Keeps the layout;
+    returns ``q`` itself when every frame is kept. Computing probabilities only for these rows
+    keeps the work and memory of a capture proportional to the frames kept."""
+    if list(frames) == list(range(total)):
+        return q
+    axis = 2 if skip_reshape else 1
+    n_all = q.shape[axis]
+    if total <= 0 or n_all % total:
+        raise ValueError(f"{n_all} query positions are not {total} frames of equal size")
+    n = n_all // total
+    shape = q.shape[:axis] + (total, n) + q.shape[axis + 1:]
+    index = torch.as_tensor(list(frames), device=q.device)
+    kept = q.reshape(shape).index_select(axis, index)
+    return kept.reshape(q.shape[:axis] + (len(frames) * n,) + q.shape[axis + 1:])
+
+
+def frames_to_batch(probs: torch.Tensor, frames: int) -> torch.Tensor:
+    """(B, frames * n, T) probabilities -> (B * frames, n, T): each frame of each video one entry,
+    ordered (video, frame)."""
+    b, nf, t = probs.shape
+    if frames <= 0 or nf % frames:
+        raise ValueError(f"{nf} query positions are not {frames} frames of equal size")
+    return probs.reshape(b * frames, nf // frames, t)
 
 
 def infer_hw(tokens: int, height: int, width: int) -> tuple[int, int]:
@@ -239,6 +268,11 @@ class AttentionRun:
     layer_names: list = field(default_factory=list)  # cross-attention layers, in call order
     complete: bool = False
     model_kind: str = ""
+    # video latents (B, C, F, H, W): the (token) frames kept, of ``total_frames``; each kept frame of
+    # each video is one entry of the maps' batch axis, ordered (video, frame): batch = videos * len(frames)
+    frames: list = field(default_factory=list)
+    total_frames: int = 0
+    videos: int = 0
 
     @property
     def total_steps(self) -> int:
@@ -246,6 +280,21 @@ class AttentionRun:
 
     def branches(self) -> list[int]:
         return sorted(b for b, steps in self.maps.items() if steps)
+
+    def image_index(self, entry: int, images: int) -> int:
+        """Index, in a decoded batch of ``images``, of the picture of map entry ``entry``.
+
+        Images: the entry itself. Video: the decoded frames of each video follow each other
+        (``images // videos`` per video); kept frame f of ``total_frames`` maps to the decoded frame
+        at the same relative time, f * (P - 1) / (total_frames - 1) rounded (first to first, last to
+        last; Wan's 4x temporal compression: latent frame f is decoded frame 4f)."""
+        if not self.frames:
+            return entry
+        video, j = divmod(entry, len(self.frames))
+        per = images // max(1, self.videos)
+        f = self.frames[j]
+        at = round(f * (per - 1) / (self.total_frames - 1)) if self.total_frames > 1 else 0
+        return video * per + min(per - 1, max(0, at))
 
     def steps(self, branch: int = COND) -> list[int]:
         return sorted(self.maps.get(branch, {}))

@@ -68,5 +68,6 @@ def raw_maps_file(run: AttentionRun, labels: list[str], roles: list[str]) -> byt
     meta = {"shapefirst": json.dumps({
         "layout": "maps: (steps, images, tokens, grid_h, grid_w); token_means: (steps, images, tokens)",
         "labels": labels, "roles": roles, "grid": list(run.grid or ()), "latent": list(run.latent_hw),
-        "layers": run.layer_names, "total_steps": run.total_steps})}
+        "layers": run.layer_names, "total_steps": run.total_steps,
+        "frames": run.frames, "total_frames": run.total_frames, "videos": run.videos})}
     return safetensors.torch.save(raw_maps_tensors(run), metadata=meta)

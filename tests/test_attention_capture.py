@@ -283,5 +283,5 @@ def test_a_model_without_text_attention_is_refused(comfy):
     config.set_inference_dtype(torch.float32, None)
     unet = mp.ModelPatcher(config.get_model({}), load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
     with pytest.raises(ValueError, match=r"AttentionMapCapture: this model \(UNetModel\) has no cross-attention layers"
-                                         r".*Connect an SD1.x, SD2.x, SDXL, PixArt, SD3 or Flux model"):
+                                         r".*Connect an SD1.x, SD2.x, SDXL, PixArt, SD3, Flux, Wan 2.1 or Wan 2.2 model"):
         nodes.NODE_CLASS_MAPPINGS["AttentionMapCapture"].execute(unet, **CAPTURE)

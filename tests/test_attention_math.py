@@ -233,3 +233,36 @@ def test_sprite_lays_cells_out_row_by_row_normalised():
     s = heatmaps.sprite(maps)
     assert s.shape == (8, 15) and s.dtype.name == "uint8"
     assert s[4, 10] == 255 and s.sum() == 255
+
+
+@pytest.mark.parametrize("skip_reshape", [False, True])
+def test_take_frames_keeps_the_query_rows_of_the_chosen_frames(skip_reshape):
+    g = _gen(5)
+    frames, n, heads, d = 4, 6, 2, 3
+    q = torch.randn(2, frames * n, heads * d, generator=g)  # rows ordered (frame, position)
+    k = torch.randn(2, 9, heads * d, generator=g)
+    kept = [0, 3]
+    if skip_reshape:
+        qs = q.reshape(2, frames * n, heads, d).transpose(1, 2)
+        ks = k.reshape(2, 9, heads, d).transpose(1, 2)
+        p = A.head_mean_probs(A.take_frames(qs, kept, frames, skip_reshape=True), ks, heads, skip_reshape=True)
+    else:
+        p = A.head_mean_probs(A.take_frames(q, kept, frames), k, heads)
+    per_frame = A.frames_to_batch(p, len(kept))  # (2 videos x 2 frames, n, 9)
+    full = _reference_probs(q, k, heads)
+    for video in range(2):
+        for j, f in enumerate(kept):
+            want = full[video, f * n:(f + 1) * n]
+            assert torch.allclose(per_frame[video * len(kept) + j].double(), want, atol=1e-6)
+    assert A.take_frames(q, list(range(frames)), frames) is q  # every frame kept: no copy
+    with pytest.raises(ValueError, match="not 5 frames"):
+        A.take_frames(q, [0], 5)
+
+
+def test_image_index_maps_a_kept_frame_to_the_decoded_frame_at_the_same_time():
+    run = A.AttentionRun(sigmas=[1.0], planned_steps=[0], latent_hw=(8, 8), batch=2 * 3, max_tokens=4,
+                         frames=[0, 4, 8], total_frames=9, videos=2)
+    # Wan: 9 latent frames decode to 1 + 4 * 8 = 33 frames per video; latent frame f is decoded frame 4f
+    assert [run.image_index(e, 66) for e in range(6)] == [0, 16, 32, 33, 49, 65]
+    still = A.AttentionRun(sigmas=[1.0], planned_steps=[0], latent_hw=(8, 8), batch=3, max_tokens=4)
+    assert [still.image_index(e, 3) for e in range(3)] == [0, 1, 2]  # images: the entry itself

@@ -123,3 +123,21 @@ def test_attention_labels_of_qwen_image_are_its_rows(comfy):
 
     labels, roles = _labels(qwen_image.QwenImageTokenizer(), "A blue bird")
     assert labels == ["A", "blue", "bird"] + ["[EOS]"] * 5 and roles == [SEM] * 3 + [EOS] * 5
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_attention_labels_of_sd3_and_flux_cover_every_row_of_the_conditioning(comfy, family):
+    """SD3's conditioning is clip_l's 77 rows (clip_g beside it on channels) then T5's; Flux's is T5's
+    alone (clip_l gives only the pooled vector). The view's roles must have one entry per row."""
+    import comfy.text_encoders.flux as flux
+    import comfy.text_encoders.sd3_clip as sd3
+
+    tok = {"sd3": sd3.SD3Tokenizer, "flux": flux.FluxTokenizer}[family]()
+    labels, roles = _labels(tok, "A blue bird")
+    words = len(hf_ids(tok.t5xxl, "A blue bird"))
+    t5 = [SEM] * words + [EOS] + [PAD] * ((77 if family == "sd3" else 256) - words - 1)
+    if family == "sd3":
+        assert roles == [SOS] + [SEM] * 3 + [EOS] + [PAD] * 72 + t5
+        assert labels[:5] == ["[SOS]", "a", "blue", "bird", "[EOS]"] and labels[77:77 + words + 1][-1] == "[EOS]"
+    else:
+        assert roles == t5 and "[SOS]" not in labels

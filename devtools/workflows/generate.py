@@ -15,6 +15,7 @@ from pathlib import Path
 from ..paths import WORKFLOWS
 from .specs.attention import (fig1_attention_maps_over_steps, fig3_attention_token_classes,
                               fig16_attention_kl_key_swap, fig16_attention_kl_two_conditionings)
+from .specs.attention_dit import sd3_attention_maps_token_classes, wan21_attention_maps_token_classes
 from .specs.eos import (appendix_e_sos_eos_only, appendix_f_zero_noise, appendix_g_keys_values,
                         fig4_eos_swap_bird_chair, fig4_eos_swap_skyline_butterfly, fig5_eos_swap_first_steps)
 from .specs.families import (everyday_truncated_cfg_model_patch, qwen_image_truncated_cfg, sd3_eos_swap_ab,
@@ -42,6 +43,8 @@ WORKFLOW_BUILDERS = {
     "wan21_t2v_truncated_cfg.json": wan21_t2v_truncated_cfg,
     "qwen_image_truncated_cfg.json": qwen_image_truncated_cfg,
     "sd3_eos_swap_ab.json": sd3_eos_swap_ab,
+    "sd3_attention_maps_token_classes.json": sd3_attention_maps_token_classes,
+    "wan21_attention_maps_token_classes.json": wan21_attention_maps_token_classes,
 }
 
 

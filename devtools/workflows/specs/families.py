@@ -60,7 +60,7 @@ def everyday_truncated_cfg_model_patch(info: dict) -> dict:
     return b.to_ui()
 
 
-def _sd3_base(b: WorkflowBuilder, prompt: str, rows: tuple[float, float] = (0, 1)):
+def _sd3_base(b: WorkflowBuilder, prompt, rows: tuple[float, float] = (0, 1)):
     """SD3.5 as core's example loads it: the checkpoint (model + VAE), the three text encoders,
     ModelSamplingSD3; an empty negative prompt and an SD3 latent."""
     ckpt = b.add("CheckpointLoaderSimple", "Load Checkpoint (SD3.5)", 0, rows[0], ckpt_name=SD35_CKPT)
@@ -94,8 +94,10 @@ def sd35_truncated_cfg(info: dict) -> dict:
     return b.to_ui()
 
 
-def wan21_t2v_truncated_cfg(info: dict) -> dict:
-    b = WorkflowBuilder(info)
+def _wan_base(b: WorkflowBuilder, prompt):
+    """Wan 2.1 T2V as core's example loads it (UNETLoader, CLIPLoader type wan, VAELoader,
+    ModelSamplingSD3 shift 8), the prompt (text or a link), an empty negative and an 832 x 480 x 33
+    video latent: (VAE, ModelSamplingSD3, positive, negative, latent)."""
     unet = b.add("UNETLoader", "Load Diffusion Model (Wan 2.1 T2V)", 0, 0, size=(320, 100), unet_name=WAN_UNET,
                  weight_dtype="default")
     clip = b.add("CLIPLoader", "Load CLIP (umT5, type wan)", 0, 0.5, size=(320, 110), clip_name=WAN_TEXT_ENCODER,
@@ -103,11 +105,17 @@ def wan21_t2v_truncated_cfg(info: dict) -> dict:
     vae = b.add("VAELoader", "Load VAE (Wan 2.1)", 0, 1, size=(320, 60), vae_name=WAN_VAE)
     sampling = b.add("ModelSamplingSD3", "ModelSamplingSD3 (Wan: shift 8)", 1, 0, size=(320, 60), model=unet.out(0),
                      shift=WAN_SHIFT)
-    pos = b.add("CLIPTextEncode", "Prompt", 1, 0.5, size=(320, 120), text=WAN_PROMPT, clip=clip.out(0))
+    pos = b.add("CLIPTextEncode", "Prompt", 1, 0.5, size=(320, 120), text=prompt, clip=clip.out(0))
     neg = b.add("CLIPTextEncode", "Empty negative prompt (the paper's uncond)", 1, 1, size=(320, 120), text="",
                 clip=clip.out(0))
     latent = b.add("EmptyHunyuanLatentVideo", "Empty video latent (832 x 480, 33 frames)", 1, 1.5, size=(320, 150),
                    width=832, height=480, length=33, batch_size=1)
+    return clip, vae, sampling, pos, neg, latent
+
+
+def wan21_t2v_truncated_cfg(info: dict) -> dict:
+    b = WorkflowBuilder(info)
+    _, vae, sampling, pos, neg, latent = _wan_base(b, WAN_PROMPT)
     patched = _patch(b, sampling.out(0), 2, 0, "Truncated CFG (model patch): guidance in the first 40% of steps",
                      STEPS_WINDOW)
     sampled = b.add("KSampler", "KSampler (core): Wan 2.1 settings", 3, 0, model=patched.out(0), seed=42, steps=30,
