@@ -110,7 +110,9 @@ def run_headless(args, rt: Runtime) -> int:
         prompt = ui_to_api(json.loads(path.read_text()), info)
         family = family_models.family_of(prompt)
         t0, c0 = time.perf_counter(), time.process_time()
-        if family is not None and not is_demo:
+        if family in family_models.NOT_BUILT:
+            status, notes = "skipped", [family_models.NOT_BUILT[family]]
+        elif family is not None and not is_demo:
             status, notes = "skipped", [f"needs a {family} model; your --ckpt is an SD1.x checkpoint: load the "
                                         "workflow in ComfyUI with that family's files"]
         else:

@@ -17,6 +17,7 @@ from .specs.attention import (fig1_attention_maps_over_steps, fig3_attention_tok
                               fig16_attention_kl_key_swap, fig16_attention_kl_two_conditionings)
 from .specs.eos import (appendix_e_sos_eos_only, appendix_f_zero_noise, appendix_g_keys_values,
                         fig4_eos_swap_bird_chair, fig4_eos_swap_skyline_butterfly, fig5_eos_swap_first_steps)
+from .specs.eos_families import flux_eos_swap_pooled, qwen_image_eos_swap_end_of_turn
 from .specs.families import (everyday_truncated_cfg_model_patch, sd3_eos_swap_ab, sd35_truncated_cfg,
                               wan21_t2v_truncated_cfg)
 from .specs.frequency_guidance import (fast_txt2img, fig2_frequency_over_sampling, fig7_text_only_late,
@@ -41,6 +42,8 @@ WORKFLOW_BUILDERS = {
     "sd35_truncated_cfg.json": sd35_truncated_cfg,
     "wan21_t2v_truncated_cfg.json": wan21_t2v_truncated_cfg,
     "sd3_eos_swap_ab.json": sd3_eos_swap_ab,
+    "flux_eos_swap_pooled.json": flux_eos_swap_pooled,
+    "qwen_image_eos_swap_end_of_turn.json": qwen_image_eos_swap_end_of_turn,
 }
 
 
