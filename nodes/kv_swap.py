@@ -140,4 +140,18 @@ class EOSSwapKVPatch(io.ComfyNode):
 
     @classmethod
     def execute(cls, model) -> io.NodeOutput:
+        check_model(model)
         return io.NodeOutput(patch_model(model))
+
+
+def check_model(model) -> None:
+    """Refuse models whose cross-attention never calls attn2 patches (the Keys-only / Values-only swap
+    would silently act on both or on neither)."""
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    net = getattr(getattr(model, "model", None), "diffusion_model", None)
+    if not isinstance(net, UNetModel):
+        raise ShapeFirstInputError(NODE, f"this model's network ({type(net).__name__}) does not run ComfyUI's "
+                                         "cross-attention patches, so its Keys and Values cannot come from two "
+                                         "contexts; the patch works with UNet models (SD1.x, SD2.x, SDXL). Remove it "
+                                         "and use EOS Swap Conditioning with apply_to 'keys and values' on this model.")

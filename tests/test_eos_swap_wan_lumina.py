@@ -146,3 +146,15 @@ def test_wan_swap_samples_like_its_expected_rows(comfy, clips, spm, family_model
     assert swapped.shape == (1, 16, 2, 8, 8)
     assert torch.equal(swapped, expected)
     assert not torch.equal(swapped, plain)
+
+
+def test_kv_patch_refuses_wan_whose_cross_attention_takes_no_patches(comfy, family_models):
+    """Wan's cross-attention never calls attn2 patches: a Keys-only / Values-only swap would silently act
+    on both or neither, so EOS Swap K/V Patch refuses the model with the fix."""
+    g = {"1": {"class_type": "UNETLoader", "inputs": {"unet_name": family_models["wan21_t2v"],
+                                                      "weight_dtype": "default"}},
+         "2": {"class_type": "EOSSwapKVPatch", "inputs": {"model": ["1", 0]}}}
+    with pytest.raises(GraphError, match=r"EOSSwapKVPatch: this model's network \(WanModel\) does not run ComfyUI's "
+                                         r"cross-attention patches.* use EOS Swap Conditioning with apply_to 'keys "
+                                         r"and values' on this model"):
+        comfy.run(g, outputs=["2"])
