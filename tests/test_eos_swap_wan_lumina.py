@@ -148,13 +148,64 @@ def test_wan_swap_samples_like_its_expected_rows(comfy, clips, spm, family_model
     assert not torch.equal(swapped, plain)
 
 
-def test_kv_patch_refuses_wan_whose_cross_attention_takes_no_patches(comfy, family_models):
-    """Wan's cross-attention never calls attn2 patches: a Keys-only / Values-only swap would silently act
-    on both or neither, so EOS Swap K/V Patch refuses the model with the fix."""
-    g = {"1": {"class_type": "UNETLoader", "inputs": {"unet_name": family_models["wan21_t2v"],
-                                                      "weight_dtype": "default"}},
+def test_kv_patch_refuses_a_model_whose_keys_and_values_it_cannot_split(comfy, family_models):
+    """SD3's joint attention has no separate text Keys/Values to split: a Keys-only / Values-only swap would
+    silently act on both or neither, so EOS Swap K/V Patch refuses the model with the fix."""
+    g = {"1": {"class_type": "UNETLoader", "inputs": {"unet_name": family_models["sd3"], "weight_dtype": "default"}},
          "2": {"class_type": "EOSSwapKVPatch", "inputs": {"model": ["1", 0]}}}
-    with pytest.raises(GraphError, match=r"EOSSwapKVPatch: this model's network \(WanModel\) does not run ComfyUI's "
-                                         r"cross-attention patches.* use EOS Swap Conditioning with apply_to 'keys "
-                                         r"and values' on this model"):
+    with pytest.raises(GraphError, match=r"EOSSwapKVPatch: this model's network \(OpenAISignatureMMDITWrapper\) has no "
+                                         r"cross-attention with Keys and Values this patch can split.* use EOS Swap "
+                                         r"Conditioning with apply_to 'keys and values' on this model"):
         comfy.run(g, outputs=["2"])
+
+
+@pytest.mark.parametrize("apply_to", ["keys only", "values only"])
+def test_wan_keys_and_values_come_from_two_contexts(comfy, clips, spm, family_models, apply_to):
+    """Wan with EOS Swap K/V Patch: in a block's cross-attention the positive's K projection reads the
+    embedded Keys context and its V projection the embedded Values context (swap or A's own rows, as
+    asked); the negative's K and V both read its own. Recorded with forward hooks on block 0's k and v."""
+    s = Swap(comfy, "wan", BIRD, CHAIR)
+    ids_a, ids_b = (ids[0] for ids in s.ids["umt5xxl"])
+    swapped = t5_reference(s.a, s.b, ids_a, ids_b, end=spm.eos_id())
+    keys, values = (swapped, s.a) if apply_to == "keys only" else (s.a, swapped)
+    clip = ["1", 0]
+    g = {"1": {"class_type": text_encoders.HeldCLIP.NODE_ID, "inputs": {"name": "wan"}},
+         "2": {"class_type": "UNETLoader", "inputs": {"unet_name": family_models["wan21_t2v"], "weight_dtype": "default"}}}
+    loaded = comfy.run(g, outputs=["2"]).output_value("2", 0)
+    g.update({
+        "3": {"class_type": "EOSSwapKVPatch", "inputs": {"model": ["2", 0]}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": clip}},
+        "5": {"class_type": "EOSSwapConditioning", "inputs": {"clip": clip, "prompt_a": BIRD, "prompt_b": CHAIR,
+                                                              **{**OPTS, "apply_to": apply_to}}},
+        "6": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 64, "height": 64, "length": 5,
+                                                                  "batch_size": 1}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": BIRD, "clip": clip}}})
+    for nid, model, positive in (("10", "3", "5"), ("11", "3", "7"), ("12", "2", "7")):
+        g[nid] = {"class_type": "KSampler", "inputs": {
+            "model": [model, 0], "seed": 3, "steps": 1, "cfg": 5.0, "sampler_name": "euler", "scheduler": "simple",
+            "positive": [positive, 0], "negative": ["4", 0], "latent_image": ["6", 0], "denoise": 1.0}}
+    net = loaded.model.diffusion_model
+    attn = net.blocks[0].cross_attn
+    seen = {"k": [], "v": []}
+    hooks = [getattr(attn, n).register_forward_hook(lambda m, inp, out, n=n: seen[n].append(inp[0].detach().clone()))
+             for n in ("k", "v")]
+    try:
+        with torch.inference_mode():
+            r = comfy.run({k: v for k, v in g.items() if k != "11" and k != "12"}, fresh_cache=False, outputs=["10"])
+            first = {n: list(v) for n, v in seen.items()}
+            r2 = comfy.run(g, fresh_cache=False, outputs=["11", "12"])
+    finally:
+        for h in hooks:
+            h.remove()
+    with torch.inference_mode():
+        embed = {name: net.text_embedding(t.to(torch.float32)) for name, t in
+                 (("keys", keys), ("values", values), ("neg", r.output_value("4", 0)[0][0]))}
+    (k_in,), (v_in,) = first["k"], first["v"]  # one step, cond and uncond in one batch
+    assert k_in.shape[0] == 2
+    close = lambda x, y: torch.allclose(x, y[0].to(x), atol=1e-5)
+    pos = next(i for i in range(2) if close(k_in[i], embed["keys"]))
+    assert close(v_in[pos], embed["values"])
+    assert not close(v_in[pos], embed["keys"])  # K and V really come from two contexts
+    assert close(k_in[1 - pos], embed["neg"]) and close(v_in[1 - pos], embed["neg"])
+    # without a K/V conditioning the patched model samples exactly as the user's model
+    assert torch.equal(r2.output_value("11", 0)["samples"], r2.output_value("12", 0)["samples"])
