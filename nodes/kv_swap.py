@@ -125,7 +125,7 @@ def kv_attn2_patch(n, context_attn2, value_attn2, extra_options):
 
 def _wan_cross_attention(net, module, previous):
     """``forward`` of one Wan T2V cross-attention block: V of mapped chunks from their Values context."""
-    from comfy.ldm.modules.attention import optimized_attention
+    import comfy.ldm.wan.model as wan_model  # its attention function, looked up at call time as the block does
 
     def original(x, context, transformer_options={}, **kwargs):
         if previous is not None:
@@ -149,7 +149,8 @@ def _wan_cross_attention(net, module, previous):
         q = module.norm_q(module.q(x))
         k = module.norm_k(module.k(context))
         v = module.v(values)
-        return module.o(optimized_attention(q, k, v, heads=module.num_heads, transformer_options=transformer_options))
+        return module.o(wan_model.optimized_attention(q, k, v, heads=module.num_heads,
+                                                      transformer_options=transformer_options))
 
     return forward
 
