@@ -314,19 +314,11 @@ def ensure_vae(name: str, models_dir) -> Path:
 # ---------------------------------------------------------------- text encoders
 def build_text_encoder(kind: str, seed: int = 321):
     """ComfyUI's own text encoder of a family (``comfy.sd.CLIP``), one layer, seeded (see module doc)."""
-    import torch
-
-    import comfy.sd
-
-    class Target:
-        params: dict = {}
-
     tokenizer_data = {}
     if kind == "sd3":
         import comfy.text_encoders.sd3_clip as sd3
 
-        Target.clip = sd3.sd3_clip(clip_l=False, clip_g=False, t5=True)
-        Target.tokenizer = sd3.SD3Tokenizer
+        classes = sd3.sd3_clip(clip_l=False, clip_g=False, t5=True), sd3.SD3Tokenizer
         options = {"t5xxl_model_config": {"d_model": SD3_TEXT_WIDTH, "num_layers": 1, "d_ff": 128,
                                           "num_heads": 2, "d_kv": 32}}
     elif kind == "wan":
@@ -334,15 +326,13 @@ def build_text_encoder(kind: str, seed: int = 321):
 
         spiece = Path(wan.__file__).parent / "t5_pile_tokenizer" / "tokenizer.model"
         tokenizer_data["spiece_model"] = spiece.read_bytes()
-        Target.clip = wan.te()
-        Target.tokenizer = wan.WanT5Tokenizer
+        classes = wan.te(), wan.WanT5Tokenizer
         options = {"umt5xxl_model_config": {"num_layers": 1, "d_ff": 64, "num_heads": 2, "d_kv": 16,
                                             "vocab_size": 32000}}
     elif kind == "flux":
         import comfy.text_encoders.flux as flux
 
-        Target.clip = flux.flux_clip()
-        Target.tokenizer = flux.FluxTokenizer
+        classes = flux.flux_clip(), flux.FluxTokenizer
         tokenizer_data["t5xxl_min_length"] = FLUX_TEXT_TOKENS
         options = {"t5xxl_model_config": {"d_model": FLUX_TEXT_WIDTH, "num_layers": 1, "d_ff": 128,
                                           "num_heads": 2, "d_kv": 32},
@@ -356,8 +346,7 @@ def build_text_encoder(kind: str, seed: int = 321):
         # Gemma's sentencepiece model ships inside users' text-encoder files: AuraFlow's stands in
         spiece = Path(wan.__file__).parent / "t5_pile_tokenizer" / "tokenizer.model"
         tokenizer_data["spiece_model"] = spiece.read_bytes()
-        Target.clip = lumina2.te()
-        Target.tokenizer = lumina2.LuminaTokenizer
+        classes = lumina2.te(), lumina2.LuminaTokenizer
         # three layers: Lumina 2 reads the second-to-last hidden state, which ComfyUI requires to be inside
         options = {"gemma2_2b_model_config": {"hidden_size": LUMINA2_TEXT_WIDTH, "intermediate_size": 128,
                                               "num_hidden_layers": 3, "num_attention_heads": 2,
@@ -367,13 +356,27 @@ def build_text_encoder(kind: str, seed: int = 321):
 
         # ComfyUI's Qwen2.5-VL encoder cannot be built small (module doc): core's Qwen-Image tokenizer
         # (the real one, with its chat template) feeds a seeded stand-in of the encoder
-        Target.clip = qwen_image_stand_in_encoder()
-        Target.tokenizer = qwen_image.QwenImageTokenizer
+        classes = qwen_image_stand_in_encoder(), qwen_image.QwenImageTokenizer
         options = {}
     else:
         raise ValueError(f"unknown text encoder {kind!r}; known: sd3, wan, flux, lumina2, qwen_image")
-    clip = comfy.sd.CLIP(target=Target, tokenizer_data=tokenizer_data,
-                         model_options={**options, "dtype": torch.float32})
+    return seeded_clip(*classes, options, tokenizer_data, seed)
+
+
+def seeded_clip(clip_class, tokenizer_class, model_options: dict, tokenizer_data: dict | None = None, seed: int = 321):
+    """``comfy.sd.CLIP`` of ComfyUI's text-encoder and tokenizer classes (sizes through ``model_options``,
+    e.g. ``t5xxl_model_config``), float32, every weight seeded by :func:`seeded_init`."""
+    import torch
+
+    import comfy.sd
+
+    class Target:
+        clip = clip_class
+        tokenizer = tokenizer_class
+        params: dict = {}
+
+    clip = comfy.sd.CLIP(target=Target, tokenizer_data=dict(tokenizer_data or {}),
+                         model_options={**model_options, "dtype": torch.float32})
     seeded_init(clip.cond_stage_model, seed)
     return clip
 

@@ -112,9 +112,9 @@ def _check_types(spec, spec_b, layout, start, end):
                    f"{spec_b.kind} ({', '.join(spec_b.names())}); both prompts must use the same type of text "
                    "encoder. Connect a CLIP of the same model family to clip_b, or leave clip_b empty.")
     if layout != cmp.LAYOUT_PROMPT and not spec.has_start:
-        raise _err(f"the layouts '77 x [SOS]' and '[SOS] + 76 x [EOS]' need a [SOS] token, which the "
-                   f"{spec.kind} tokenizer does not have (every encoder giving rows needs one, in one block of rows); "
-                   "use layout 'prompt A'.")
+        raise _err(f"the layouts '77 x [SOS]' and '[SOS] + 76 x [EOS]' need a [SOS] token and fixed-length chunks, "
+                   f"which the {spec.kind} tokenizer does not have (every encoder giving rows needs both, in one block "
+                   "of rows); use layout 'prompt A'.")
     window_error = check_window(start, end)
     if window_error:
         raise _err(window_error)
@@ -150,6 +150,11 @@ def build(clip, prompt_a, prompt_b, sos_from="A", sem_from="A", eos_from="B", pa
     start_percent, end_percent = float(start_percent), float(end_percent)
     _check_types(spec, spec_b, layout_kind, start_percent, end_percent)
     chosen = chosen_encoders(spec, swap_encoders)
+    no_end = [e.name for e in spec.row_encoders if e.key in chosen and e.info.end is None and not e.info.templated]
+    if no_end and sources[EOS] != cmp.A and layout_kind == cmp.LAYOUT_PROMPT:
+        raise _err(f"the {spec.kind} text encoder ({', '.join(no_end)}) has no [EOS]-like token: the prompt's last "
+                   f"token ends the sequence, so eos_from {sources[EOS]} would change nothing. Set eos_from to A and "
+                   "swap another class (sem_from, sos_from), or use a family with an end token.")
     a = _Prompt(clip, spec, str(prompt_a or ""), "prompt A", sem_repeats)
     b = _Prompt(clip_b if clip_b is not None else clip, spec_b, str(prompt_b or ""), "prompt B")
     _check_prompts(a, b, layout_kind, sources)

@@ -14,6 +14,11 @@ How it reaches exactly the right rows:
   batch size and to the token length of the batch (ComfyUI repeats shorter contexts to a common
   length when cond and uncond differ). Every other chunk (the negative prompt, other positive
   conds) keeps its own context; the Keys are never touched.
+* Wan's cross-attention (separate K and V projections of the embedded text) calls no attn2 patch:
+  each block's ``cross_attn.forward`` is object-patched instead. For the mapped chunks it embeds the
+  Values context with the model's own ``text_embedding`` (once per model call, cached in that call's
+  ``transformer_options``) and projects V from it; K, Q and every other chunk are the block's own.
+  Other models (SD3, Flux, PixArt, Wan I2V) are refused.
 """
 
 from __future__ import annotations
@@ -22,13 +27,14 @@ import torch
 
 from ._api import io
 from ._common import CATEGORY, KEY_PREFIX, LOGGER, ShapeFirstInputError
-from ._patching import patched_clone, set_attn2_patch
+from ._patching import chain_object_patch, patched_clone, set_attn2_patch
 from .eos_swap import KV_KEY, NODE as EOS_NODE
 
 NODE = "EOSSwapKVPatch"
 WRAPPER_KEY = f"{KEY_PREFIX}eos_swap.kv"
 MAP_KEY = f"{KEY_PREFIX}eos_swap.values_by_uuid"
 WARNED_KEY = f"{KEY_PREFIX}eos_swap.warned"
+EMBED_KEY = f"{KEY_PREFIX}eos_swap.embedded_values"  # Wan: per model call, uuid -> embedded Values context
 
 
 def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -70,6 +76,7 @@ def calc_cond_batch_wrapper(executor, model, conds, x_in, timestep, model_option
         model_options = dict(model_options)
         transformer_options = dict(model_options.get("transformer_options", {}))
         transformer_options[MAP_KEY] = mapping
+        transformer_options[EMBED_KEY] = {}
         model_options["transformer_options"] = transformer_options
     return executor(model, conds, x_in, timestep, model_options)
 
@@ -88,12 +95,9 @@ def _fit(values: torch.Tensor, rows: int, tokens: int, like: torch.Tensor) -> to
     return v[:rows]
 
 
-def kv_attn2_patch(n, context_attn2, value_attn2, extra_options):
-    mapping = extra_options.get(MAP_KEY)
-    uuids = extra_options.get("uuids")
-    if not mapping or not uuids or context_attn2 is None:
-        return n, context_attn2, value_attn2
-    base = value_attn2 if value_attn2 is not None else context_attn2
+def _replace_chunks(base: torch.Tensor, uuids, mapping: dict, prepare=None):
+    """A copy of ``base`` (the batch's context) whose mapped chunks hold their Values context
+    (``prepare(uuid, values)`` first, if given); None when no chunk is mapped."""
     chunks = len(uuids)
     if base.shape[0] % chunks:
         raise ShapeFirstInputError(NODE, f"cross-attention batch of {base.shape[0]} rows does not split into "
@@ -106,8 +110,63 @@ def kv_attn2_patch(n, context_attn2, value_attn2, extra_options):
             continue
         if out is None:
             out = base.clone()  # never write into a tensor the caller still holds
-        out[i * per:(i + 1) * per] = _fit(values, per, base.shape[1], base)
+        out[i * per:(i + 1) * per] = _fit(values if prepare is None else prepare(u, values), per, base.shape[1], base)
+    return out
+
+
+def kv_attn2_patch(n, context_attn2, value_attn2, extra_options):
+    mapping = extra_options.get(MAP_KEY)
+    uuids = extra_options.get("uuids")
+    if not mapping or not uuids or context_attn2 is None:
+        return n, context_attn2, value_attn2
+    out = _replace_chunks(value_attn2 if value_attn2 is not None else context_attn2, uuids, mapping)
     return n, context_attn2, (value_attn2 if out is None else out)
+
+
+def _wan_cross_attention(net, module, previous):
+    """``forward`` of one Wan T2V cross-attention block: V of mapped chunks from their Values context."""
+    import comfy.ldm.wan.model as wan_model  # its attention function, looked up at call time as the block does
+
+    def original(x, context, transformer_options={}, **kwargs):
+        if previous is not None:
+            return previous(x, context, transformer_options=transformer_options, **kwargs)
+        return type(module).forward(module, x, context, transformer_options=transformer_options, **kwargs)
+
+    def forward(x, context, transformer_options={}, **kwargs):
+        mapping, uuids = transformer_options.get(MAP_KEY), transformer_options.get("uuids")
+        if not mapping or not uuids:
+            return original(x, context, transformer_options=transformer_options, **kwargs)
+        cache = transformer_options.setdefault(EMBED_KEY, {})
+
+        def embed(u, values):
+            if u not in cache:
+                cache[u] = net.text_embedding(values.to(device=context.device, dtype=context.dtype))
+            return cache[u]
+
+        values = _replace_chunks(context, uuids, mapping, embed)
+        if values is None:
+            return original(x, context, transformer_options=transformer_options, **kwargs)
+        q = module.norm_q(module.q(x))
+        k = module.norm_k(module.k(context))
+        v = module.v(values)
+        return module.o(wan_model.optimized_attention(q, k, v, heads=module.num_heads,
+                                                      transformer_options=transformer_options))
+
+    return forward
+
+
+def _wan_blocks(net) -> list | None:
+    """Indices of a Wan text-to-video network's blocks (None: not one, or cross-attention of another kind)."""
+    try:
+        from comfy.ldm.wan.model import WanModel, WanT2VCrossAttention
+    except ImportError:
+        return None
+    if not isinstance(net, WanModel) or getattr(net, "text_embedding", None) is None:
+        return None
+    blocks = list(getattr(net, "blocks", []))
+    if not blocks or any(type(b.cross_attn) is not WanT2VCrossAttention for b in blocks):
+        return None
+    return list(range(len(blocks)))
 
 
 def patch_model(model):
@@ -115,7 +174,15 @@ def patch_model(model):
     import comfy.patcher_extension
 
     m = patched_clone(model, WRAPPER_KEY, {comfy.patcher_extension.WrappersMP.CALC_COND_BATCH: calc_cond_batch_wrapper})
-    set_attn2_patch(m, kv_attn2_patch, WRAPPER_KEY)
+    net = m.model.diffusion_model
+    wan = _wan_blocks(net)
+    if wan is None:
+        set_attn2_patch(m, kv_attn2_patch, WRAPPER_KEY)
+        return m
+    for i in wan:
+        module = net.blocks[i].cross_attn
+        chain_object_patch(m, f"diffusion_model.blocks.{i}.cross_attn.forward",
+                           lambda previous, module=module: _wan_cross_attention(net, module, previous), WRAPPER_KEY)
     return m
 
 
@@ -131,7 +198,7 @@ class EOSSwapKVPatch(io.ComfyNode):
                 "Appendix G): cross-attention then computes its Keys from one context and its Values from the "
                 "other, for that conditioning only. The negative prompt and any other conditioning keep their own "
                 "context; without such a conditioning the model samples exactly as before. UNet models (SD1.x, "
-                "SD2.x, SDXL)."
+                "SD2.x, SDXL) and Wan text-to-video."
             ),
             inputs=[io.Model.Input("model", tooltip="The model to sample with. It is cloned, never modified.")],
             outputs=[io.Model.Output("patched_model", display_name="model",
@@ -140,4 +207,18 @@ class EOSSwapKVPatch(io.ComfyNode):
 
     @classmethod
     def execute(cls, model) -> io.NodeOutput:
+        check_model(model)
         return io.NodeOutput(patch_model(model))
+
+
+def check_model(model) -> None:
+    """Refuse models whose Keys and Values this patch cannot split (the Keys-only / Values-only swap
+    would silently act on both or on neither): those neither UNets (attn2 patches) nor Wan T2V."""
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    net = getattr(getattr(model, "model", None), "diffusion_model", None)
+    if not isinstance(net, UNetModel) and _wan_blocks(net) is None:
+        raise ShapeFirstInputError(NODE, f"this model's network ({type(net).__name__}) has no cross-attention with "
+                                         "Keys and Values this patch can split; it works with UNet models (SD1.x, "
+                                         "SD2.x, SDXL) and Wan text-to-video. Remove it and use EOS Swap "
+                                         "Conditioning with apply_to 'keys and values' on this model.")

@@ -55,10 +55,10 @@ def ids_of(clip, text, key):
     return [[int(t) for t, _ in chunk] for chunk in clip.tokenize(text)[key]]
 
 
-def t5_reference(enc_a, enc_b, ids_a, ids_b, offset_a=0, offset_b=0, padding_is_eos=True):
-    """A's rows with T5's [EOS] region (from the first </s>) filled from B's in order, B's last repeated."""
+def t5_reference(enc_a, enc_b, ids_a, ids_b, offset_a=0, offset_b=0, padding_is_eos=True, end=T5_END):
+    """A's rows with T5's [EOS] region (from the first </s>, id ``end``) filled from B's in order, B's last repeated."""
     out = enc_a.clone()
-    ea, eb = ids_a.index(T5_END), ids_b.index(T5_END)
+    ea, eb = ids_a.index(end), ids_b.index(end)
     stop_a = len(ids_a) if padding_is_eos else ea + 1
     stop_b = len(ids_b) if padding_is_eos else eb + 1
     for k, pos in enumerate(range(ea, stop_a)):
@@ -131,7 +131,7 @@ def test_flux_zeros_noise_and_window(comfy, clips):
     ("sd3", {"swap_encoders": "t5xxl, clip_h"}, r"swap_encoders names 'clip_h', but this SD3 CLIP has clip_l, "
                                                 r"clip_g, t5xxl; write 'all' or some of those names"),
     ("sd3_no_t5", {"swap_encoders": "t5xxl"}, r"swap_encoders names 't5xxl', but this SD3 CLIP has clip_l, clip_g;"),
-    ("sd3", {"layout": "77 x [SOS]"}, r"need a \[SOS\] token, which the SD3 tokenizer does not have"),
+    ("sd3", {"layout": "77 x [SOS]"}, r"need a \[SOS\] token and fixed-length chunks, which the SD3 tokenizer does not have"),
     ("sd3", {"clip_b": "flux"}, r"prompt A is encoded by a SD3 CLIP \(clip_l, clip_g, t5xxl\) but clip_b is Flux "
                                 r"\(clip_l, t5xxl\); .* Connect a CLIP of the same model family to clip_b"),
 ])

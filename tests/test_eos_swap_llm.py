@@ -13,6 +13,7 @@ import torch
 
 import text_encoders
 from eos_reference import BIRD, CHAIR, SKYLINE
+from devtools.harness import GraphError
 from test_eos_swap_families import Swap
 
 pytestmark = pytest.mark.comfy
@@ -21,7 +22,7 @@ CLOSING = 5
 
 @pytest.fixture(scope="module")
 def clips(comfy):
-    text_encoders.register_held_clips(z_image=text_encoders.z_image())
+    text_encoders.register_held_clips(z_image=text_encoders.z_image(), qwen_image=text_encoders.qwen_image())
     yield text_encoders.HeldCLIP.CLIPS
     text_encoders.unregister_held_clips()
 
@@ -61,3 +62,17 @@ def test_qwen_image_prompt_with_its_own_template_is_refused(comfy):
     with pytest.raises(ValueError, match=r"EOSSwapConditioning: prompt B does not follow the Qwen-Image \(Qwen2.5-VL\) "
                                          r"chat template .* type the prompt alone, without template tokens"):
         node.execute(clip, BIRD, "<|im_start|>user\nA chair<|im_end|>\n")
+
+
+def test_a_prompt_in_another_familys_template_is_refused_in_a_graph(comfy, clips):
+    """Z-Image's template typed into Qwen-Image: ComfyUI then skips Qwen-Image's own template (its system
+    prompt), so the rows do not follow the family's layout; the node says so and how to fix it."""
+    z_image_templated = "<|im_start|>user\nA blue bird<|im_end|>\n<|im_start|>assistant\n"
+    with pytest.raises(GraphError, match=r"EOSSwapConditioning: prompt A does not follow the Qwen-Image "
+                                         r"\(Qwen2.5-VL\) chat template .* type the prompt alone, without template "
+                                         r"tokens such as <\|im_start\|>"):
+        Swap(comfy, "qwen_image", z_image_templated, CHAIR)
+    s = Swap(comfy, "qwen_image", BIRD, CHAIR)  # the same encoder with plain prompts: A's rows, B's end of turn
+    expected = s.a.clone()
+    expected[0, -CLOSING:] = s.b[0, -CLOSING:]
+    assert torch.equal(s.cond, expected)

@@ -87,5 +87,5 @@ def test_t5_padding_from_a_minimum_length_counts_as_eos(t5_clip):
 
 def test_sos_layouts_need_a_start_token(t5_clip):
     with pytest.raises(ValueError, match=r"EOSSwapConditioning: the layouts '77 x \[SOS\]' and .* need a \[SOS\] "
-                                         r"token, which the PixArt \(T5-XXL\) tokenizer does not have"):
+                                         r"token and fixed-length chunks, which the PixArt \(T5-XXL\) tokenizer does not have"):
         _swap(t5_clip, "A blue bird", "A brown chair", layout="77 x [SOS]")

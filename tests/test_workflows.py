@@ -7,12 +7,13 @@ from itertools import combinations
 
 import pytest
 
-from devtools import paths
+from devtools import families, paths
 from devtools.server import ComfyServer, prepare_base
 from devtools.workflows import convert as workflow_tools
 from devtools.workflows import generate
 from devtools.workflows.convert import WorkflowError, ui_to_api
-from devtools.workflows.family_models import FAMILY_TE_NODE, VIDEO_FRAMES, family_of, with_family_models
+from devtools.workflows.family_models import (FAMILY_TE_NODE, FULL_WIDTH_STEPS, VIDEO_FRAMES, family_of,
+                                              with_family_models)
 
 SHIPPED = sorted(paths.WORKFLOWS.glob("*.json"))
 # Folders ComfyUI 0.3.75 lists a pack's workflows from; it lists every one it finds, so exactly one may exist.
@@ -67,9 +68,7 @@ def test_shipped_workflow_runs_in_comfyui(comfy, sd15_ckpt, path, request):
     family = family_of(shipped)
     prompt = shipped
     if family is not None:
-        from devtools.families import FULL_WIDTH
-
-        fixture = "full_width_models" if family in FULL_WIDTH else "family_models"  # Qwen-Image: at its real width
+        fixture = "full_width_models" if family in families.FULL_WIDTH else "family_models"
         prompt = with_family_models(shipped, family, request.getfixturevalue(fixture))
     prompt = workflow_tools.apply_overrides(prompt, ckpt=sd15_ckpt, size=64, max_steps=6)
     r = comfy.run(prompt)
@@ -111,6 +110,11 @@ def test_family_substitution_keeps_the_shipped_prompt_and_rewires_the_checkpoint
     out = with_family_models(qwen, "qwen_image", {"qwen_image": "tiny-qwen", "vae:wan21": "tiny-wan-vae"})
     assert out["1"]["class_type"] == FAMILY_TE_NODE and out["1"]["inputs"] == {"kind": "qwen_image"}
     assert out["2"]["inputs"] == {"vae_name": "tiny-wan-vae"}  # Qwen-Image decodes with the Wan 2.1 VAE
+    flux = {"1": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "l", "clip_name2": "t", "type": "flux",
+                                                             "device": "default"}},
+            "2": {"class_type": "KSampler", "inputs": {"steps": 20}}}
+    assert family_of(flux) == "flux"
+    assert with_family_models(flux, "flux", {})["2"]["inputs"]["steps"] == FULL_WIDTH_STEPS
 
 
 def _info(comfy_free=None):

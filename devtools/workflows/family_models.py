@@ -18,9 +18,11 @@ from pathlib import Path
 FAMILY_TE_NODE = "ShapeFirstTestFamilyTextEncoder"
 TEXT_ENCODER_KINDS = ("sd3", "wan", "flux", "lumina2", "qwen_image")
 # text-encoder loaders of the other families -> the kind of tiny text encoder used instead
-TE_LOADERS = {"TripleCLIPLoader": lambda inputs: "sd3", "CLIPLoader": lambda inputs: inputs["type"]}
-FAMILY_OF_TE = {"sd3": "sd3", "wan": "wan21_t2v", "qwen_image": "qwen_image"}
+TE_LOADERS = {"TripleCLIPLoader": lambda inputs: "sd3", "CLIPLoader": lambda inputs: inputs["type"],
+              "DualCLIPLoader": lambda inputs: inputs["type"]}
+FAMILY_OF_TE = {"sd3": "sd3", "wan": "wan21_t2v", "flux": "flux", "qwen_image": "qwen_image"}
 VIDEO_FRAMES = 5  # video latents: 5 frames (2 latent frames)
+FULL_WIDTH_STEPS = 2  # samplers of the real-width families (seconds per evaluation) run at most this many steps
 _CLIPS: dict = {}
 
 
@@ -91,7 +93,8 @@ def family_of(prompt: dict) -> str | None:
 def with_family_models(prompt: dict, family: str, names: dict) -> dict:
     """A copy of a family workflow's prompt on the tiny models: its text-encoder loader replaced by the
     family text-encoder node, the checkpoint by UNETLoader + VAELoader (rewired), every model file name
-    by the tiny file's, video latents shortened. The shipped file keeps what real users load."""
+    by the tiny file's, video latents shortened, the real-width families' steps capped. The shipped file keeps
+    what real users load."""
     from devtools import families
 
     spec = families.FAMILIES[family]
@@ -118,4 +121,6 @@ def with_family_models(prompt: dict, family: str, names: dict) -> dict:
             inputs["vae_name"] = names[f"vae:{spec.vae}"]
         if "length" in inputs and node["class_type"].startswith("Empty"):
             inputs["length"] = min(inputs["length"], VIDEO_FRAMES)
+        if family in families.FULL_WIDTH and isinstance(inputs.get("steps"), int):
+            inputs["steps"] = min(inputs["steps"], FULL_WIDTH_STEPS)
     return out

@@ -18,6 +18,7 @@ from .specs.attention import (fig1_attention_maps_over_steps, fig3_attention_tok
 from .specs.attention_dit import sd3_attention_maps_token_classes, wan21_attention_maps_token_classes
 from .specs.eos import (appendix_e_sos_eos_only, appendix_f_zero_noise, appendix_g_keys_values,
                         fig4_eos_swap_bird_chair, fig4_eos_swap_skyline_butterfly, fig5_eos_swap_first_steps)
+from .specs.eos_families import flux_eos_swap_pooled, qwen_image_eos_swap_end_of_turn
 from .specs.families import (everyday_truncated_cfg_model_patch, qwen_image_truncated_cfg, sd3_eos_swap_ab,
                               sd35_truncated_cfg, wan21_t2v_truncated_cfg)
 from .specs.frequency_guidance import (fast_txt2img, fig2_frequency_over_sampling, fig7_text_only_late,
@@ -45,6 +46,8 @@ WORKFLOW_BUILDERS = {
     "sd3_eos_swap_ab.json": sd3_eos_swap_ab,
     "sd3_attention_maps_token_classes.json": sd3_attention_maps_token_classes,
     "wan21_attention_maps_token_classes.json": wan21_attention_maps_token_classes,
+    "flux_eos_swap_pooled.json": flux_eos_swap_pooled,
+    "qwen_image_eos_swap_end_of_turn.json": qwen_image_eos_swap_end_of_turn,
 }
 
 

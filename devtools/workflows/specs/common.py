@@ -22,3 +22,13 @@ def _txt2img_base(b: WorkflowBuilder, prompt: str, size=512):
     neg = b.add("CLIPTextEncode", "Empty negative prompt (the paper's uncond)", 1, 1, text="", clip=ckpt.out(1))
     latent = b.add("EmptyLatentImage", None, 1, 2, size=(320, 130), width=size, height=size, batch_size=1)
     return ckpt, pos, neg, latent
+
+
+def side_by_side(b: WorkflowBuilder, images: list, column: int, title: str, prefix: str) -> None:
+    """Stitch decoded images left to right in order and save the strip."""
+    strip = images[0].out(0)
+    for k, image in enumerate(images[1:]):
+        strip = b.add("ImageStitch", f"Side by side ({k + 2} images)", column, k * 0.5, size=(260, 130),
+                      image1=strip, image2=image.out(0), direction="right", match_image_size=True,
+                      spacing_width=8, spacing_color="white").out(0)
+    b.add("SaveImage", title, column + 1, 0, size=(480, 300), images=strip, filename_prefix=prefix)

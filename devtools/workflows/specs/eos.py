@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..builder import WorkflowBuilder
-from .common import BIRD, BUTTERFLY, CHAIR, DEFAULT_CKPT, SKYLINE
+from .common import BIRD, BUTTERFLY, CHAIR, DEFAULT_CKPT, SKYLINE, side_by_side
 SWAP_DEFAULTS = {"eos_from": "B", "sem_from": "A", "sos_from": "A", "padding_is_eos": True, "layout": "prompt A",
                  "sem_repeats": 1, "apply_to": "keys and values", "start_percent": 0.0, "end_percent": 1.0,
                  "pooled_from": "B", "noise_seed": 0}
@@ -40,13 +40,8 @@ class _SwapSheet:
         self.images.append(decoded)
 
     def finish(self, note: str) -> dict:
-        strip = self.images[0].out(0)
-        for k, img in enumerate(self.images[1:]):
-            strip = self.b.add("ImageStitch", f"Side by side ({k + 2} images)", 6, k * 0.5, size=(260, 130),
-                               image1=strip, image2=img.out(0), direction="right", match_image_size=True,
-                               spacing_width=8, spacing_color="white").out(0)
-        self.b.add("SaveImage", "Save: " + ", ".join(t for t in self.titles), 7, 0, size=(480, 300), images=strip,
-                   filename_prefix=f"shapefirst/{self.name}")
+        side_by_side(self.b, self.images, 6, "Save: " + ", ".join(t for t in self.titles),
+                     f"shapefirst/{self.name}")
         self.b.note(note, 0, 2.2)
         return self.b.to_ui()
 

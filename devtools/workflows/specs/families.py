@@ -8,7 +8,7 @@ workflows as shipped; the loaders are the ones core ComfyUI's examples use for e
 from __future__ import annotations
 
 from ..builder import WorkflowBuilder
-from .common import BIRD, CHAIR, DOG_PROMPT, _txt2img_base
+from .common import BIRD, CHAIR, DOG_PROMPT, _txt2img_base, side_by_side
 
 SD35_CKPT = "sd3.5_large.safetensors"
 SD3_TEXT_ENCODERS = ("clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors")
@@ -179,13 +179,7 @@ def sd3_eos_swap_ab(info: dict) -> dict:
                         steps=28, cfg=4.5, sampler_name="euler", scheduler="sgm_uniform", positive=cond.out(0),
                         negative=neg.out(0), latent_image=latent.out(0), denoise=1.0)
         images.append(b.add("VAEDecode", title, 4, k, size=(220, 50), samples=sampler.out(0), vae=ckpt.out(2)))
-    strip = images[0].out(0)
-    for k, image in enumerate(images[1:]):
-        strip = b.add("ImageStitch", f"Side by side ({k + 2} images)", 5, k * 0.5, size=(260, 130), image1=strip,
-                      image2=image.out(0), direction="right", match_image_size=True, spacing_width=8,
-                      spacing_color="white").out(0)
-    b.add("SaveImage", "Save: bird, chair, bird + EOS chair", 6, 0, size=(480, 300), images=strip,
-          filename_prefix="shapefirst/sd3_eos_swap_ab")
+    side_by_side(b, images, 5, "Save: bird, chair, bird + EOS chair", "shapefirst/sd3_eos_swap_ab")
     b.note(
         "ShapeFirst - the [EOS] swap of Yi et al. (NeurIPS 2024, Fig. 4) on SD3.5: \"[SOS] + A + [EOS] of B\" with "
         "A = a bird and B = a chair, beside A alone and B alone (left to right), same seed. swap_encoders 'all': "
