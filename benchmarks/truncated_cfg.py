@@ -133,8 +133,8 @@ def main() -> int:
             continue
         a_values = list(range(0, steps + 1, stride))
         run_core = lambda s=sampler, c=scheduler, n=steps: core(s, c, n)  # noqa: E731
-        # Each measurement is a group that includes its own core KSampler run; the order inside a group
-        # rotates from round to round, so drift and position effects cancel instead of biasing a column.
+        # Each measurement is a group that includes its own core KSampler run; the order inside a group is
+        # drawn anew each round (seeded), so drift and position effects cancel instead of biasing a column.
         groups = {"single": {"core": run_core, "single": lambda s=sampler, c=scheduler, n=steps: core(s, c, n, 1.0)}}
         for a in a_values:
             groups[a] = {"core": run_core,

@@ -1,7 +1,7 @@
 """The "against other packs" section of benchmarks/truncated_cfg.py (one process, one run).
 
-At one gate (the guided share of a DPM++ 2M schedule) it times, interleaved in a rotating order
-per round, each run divided by the same round's core KSampler run:
+At one gate (the guided share of a DPM++ 2M schedule) it times, interleaved in a seeded random
+order per round, each run divided by the same round's core KSampler run:
 - core KSampler at cfg 1.0 (one pass per step), for the ideal saving of eq. 9;
 - ours exact: truncated guidance (eq. 9, uncond tail) attached with the pack's ``patch_model``
   to a clone of the MODEL, sampled by core KSampler (what TruncatedCFGSampler does);
