@@ -3,10 +3,12 @@
 
     .runtime/venv/bin/python benchmarks/truncated_cfg.py                 # tiny SD1.5, CPU, 128 px
     .runtime/venv/bin/python benchmarks/truncated_cfg.py --full --size 512 --gpu   # full SD1.5 arch
+    .runtime/venv/bin/python benchmarks/truncated_cfg.py --quick --size 64 --rounds 20   # ours vs ideal only
 
 For the paper's settings (DDIM 50 steps, a = 0..50 by 10; DPM-Solver++ 25 steps, a = 0..25 by 5,
 a = final steps without the text pass) it times, in rounds of groups that each include their own
-core KSampler run (order rotating inside a group from round to round):
+core KSampler run (a seeded random order inside each group and round; every run once as a warm-up
+first; process CPU time on a CPU, wall time on a GPU; a garbage collection before each timed run):
 - core KSampler (plain CFG), the reference;
 - TruncatedCFGSampler with guidance_end = (T - a) / T;
 - the best a user can do without this pack: two chained core KSamplerAdvanced nodes, CFG for the
@@ -25,7 +27,9 @@ in alternating order, giving the median of the per-pair ratios (wall clock and p
 and the patch's own work (its per-evaluation bookkeeping and the guidance-strength curve), timed
 from inside one run as a share of that run's sampling time.
 
-``--peers-only`` (also part of the default run) compares, at one gate, ours exact, ours + the tail's
+``--quick`` prints just ours exact against the ideal saving at one gate, with intervals, after
+counting the work of one tail step and one guided step against core's (aten operators and Python
+calls; deterministic). ``--peers-only`` (also part of the default run) compares, at one gate, ours exact, ours + the tail's
 text cache, the chained workaround, core EasyCache, ours on top of EasyCache and, with
 ``--peers DIR`` (a folder of other node packs, e.g. ComfyUI_TGate), T-GATE; see
 benchmarks/truncated_cfg_peers.py.
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import random
 import statistics
 import sys
 import tempfile
@@ -42,6 +47,7 @@ import time
 from pathlib import Path
 
 import _bootstrap  # noqa: F401
+import truncated_cfg_peers
 
 from devtools import boot, checkpoints
 from devtools.harness import ComfyHarness
@@ -63,13 +69,15 @@ def main() -> int:
                          "make single runs vary by tens of percent)")
     ap.add_argument("--only", choices=["ddim", "dpmpp_2m", "overhead", "peers"], help="one section only")
     ap.add_argument("--peers-only", action="store_true", help="the 'against other packs' section only")
+    ap.add_argument("--quick", action="store_true",
+                    help="ours exact vs the ideal saving only (core, core at cfg 1, ours), with the per-step work counts")
     ap.add_argument("--peers", metavar="DIR", help="folder of other node packs (e.g. ComfyUI_TGate) to load into "
                                                   "this ComfyUI and compare at the same gate")
     ap.add_argument("--gate", type=float, default=0.4, help="peers section: guided share of the schedule")
     ap.add_argument("--peer-steps", type=int, default=25, help="peers section: DPM++ 2M steps")
     ap.add_argument("--pairs", type=int, default=8, help="paired runs for the overhead section (0: skip it)")
     args = ap.parse_args()
-    if args.peers_only:
+    if args.peers_only or args.quick:
         args.only = "peers"
 
     boot.quiet_logs()
@@ -115,34 +123,33 @@ def main() -> int:
 
     device = "GPU" if args.gpu else "CPU"
     sync = torch.cuda.synchronize if args.gpu else (lambda: None)
+    clock = time.perf_counter if args.gpu else time.process_time
     print(f"# truncated guidance benchmark: {kind} ({'full' if args.full else 'reduced depth'} SD1.5 "
           f"architecture, random weights), {args.size}x{args.size} px, {device}"
-          f"{'' if args.gpu else f' ({torch.get_num_threads()} torch threads)'}, {args.rounds} rounds, medians")
+          f"{'' if args.gpu else f' ({torch.get_num_threads()} torch threads, process CPU time)'}, {args.rounds} rounds, "
+          "medians")
     for sampler, scheduler, steps, stride in SETTINGS:
         if args.only and args.only != sampler:
             continue
         a_values = list(range(0, steps + 1, stride))
         run_core = lambda s=sampler, c=scheduler, n=steps: core(s, c, n)  # noqa: E731
-        # Each measurement is a group that includes its own core KSampler run; the order inside a group
-        # rotates from round to round, so drift and position effects cancel instead of biasing a column.
+        # Each measurement is a group that includes its own core KSampler run; the order inside a group is
+        # drawn anew each round (seeded), so drift and position effects cancel instead of biasing a column.
         groups = {"single": {"core": run_core, "single": lambda s=sampler, c=scheduler, n=steps: core(s, c, n, 1.0)}}
         for a in a_values:
             groups[a] = {"core": run_core,
                          "ours": lambda a=a, s=sampler, c=scheduler, n=steps: ours(s, c, n, a),
                          "chained": lambda a=a, s=sampler, c=scheduler, n=steps: chained(s, c, n, a)}
-        run_core()  # warm-up: model load, kernels
+        outputs = {(g, name): fn() for g, members in groups.items() for name, fn in members.items()}  # warm-up
         times = {(g, name): [] for g, members in groups.items() for name in members}
-        outputs = {}
+        order_rng = random.Random(0)
         for r in range(args.rounds):
-            for gi, (g, members) in enumerate(groups.items()):
+            for g, members in groups.items():
                 names = list(members)
-                shift = (r + gi) % len(names)
-                for name in names[shift:] + names[:shift]:
-                    sync()
-                    t = time.perf_counter()
-                    outputs[(g, name)] = members[name]()
-                    sync()
-                    times[(g, name)].append(time.perf_counter() - t)
+                order_rng.shuffle(names)
+                for name in names:
+                    outputs[(g, name)], t = truncated_cfg_peers.timed(members[name], clock, sync)
+                    times[(g, name)].append(t)
 
         def ratio(g, name, ref="core"):  # median over the rounds of a time over its own group's reference
             return statistics.median(x / y for x, y in zip(times[(g, name)], times[(g, ref)]))
@@ -173,8 +180,6 @@ def main() -> int:
               f"of ideal (>= 95%); slowest ours/chained ratio "
               f"{max(ratio(a, 'ours', 'chained') for a in a_values):.3f} (<= 1 + noise)")
     if args.only in (None, "peers"):
-        import truncated_cfg_peers
-
         truncated_cfg_peers.run(args, model, pos, empty, latent, ckpt.name, sync, _median_interval)
     if args.pairs > 0 and args.only in (None, "overhead"):
         patch = importlib.import_module(truncated.__module__.rsplit(".", 1)[0] + ".truncated_cfg_patch")
