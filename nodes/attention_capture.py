@@ -74,10 +74,13 @@ def model_kind(model) -> str:
     for m in dm.modules():
         if isinstance(m, BasicTransformerBlock) and m.attn2 is not None and not m.switch_temporal_ca_to_sa:
             return "unet"
+    pad = getattr(dm, "pad_tokens_multiple", None) if name == "NextDiT" else None
     raise ShapeFirstInputError(
         CAPTURE_NODE,
         f"this model ({name}) has no cross-attention layers to capture"
-        + (": its text and image tokens attend jointly in a layout the capture does not read"
+        + (f": its text and image tokens are padded to a multiple of {pad} inside the joint attention (Z-Image), "
+           "a layout the capture does not read" if pad is not None else
+           ": its text and image tokens attend jointly in a layout the capture does not read"
            if name in REFUSED_JOINT else "")
         + f". Connect an {SUPPORTED} model.")
 
