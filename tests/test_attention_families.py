@@ -458,22 +458,36 @@ def test_lumina2_real_width_joint_layer_capture_equals_the_joint_softmax_and_vie
     """One joint layer 2304 wide (24 query heads of 96, 8 key/value heads), 1 step, 64 px. The two
     context-refiner layers attend the text alone and the two noise-refiner layers the image alone: not
     joint, not recorded. q and k are read after the layer's q/k RMS norms and the rotary embedding
-    (``apply_rope`` of the model's module, wrapped here); the key heads are repeated to the query heads as
+    (``apply_rope`` of the model's module, or newer ComfyUI's fused ``rms_rope1``, wrapped here); the key heads are repeated to the query heads as
     the layer does before attention (head h reads key head h // 3). The joint layers get no mask (the
     model passes none to them). The view's class weights are the sums of the token means per Gemma role."""
     import comfy.ldm.lumina.model as lumina
 
     from shapefirst.tokens import SEM, SOS
 
-    original = lumina.apply_rope
+    kitchen = getattr(getattr(lumina, "comfy", None), "quant_ops", None)
+    kitchen = getattr(kitchen, "ck", None)  # newer ComfyUI: norm and RoPE fused, q then k (8 != 24 heads)
+    originals = {"apply_rope": lumina.apply_rope,
+                 "rms_rope1": getattr(kitchen, "rms_rope1", None) if kitchen is not None else None}
+    singles = []
 
     def hook(seen):
         def apply_rope(xq, xk, freqs_cis):
-            q, k = original(xq, xk, freqs_cis)
+            q, k = originals["apply_rope"](xq, xk, freqs_cis)
             seen.append((q.detach().double().clone(), k.detach().double().clone()))
             return q, k
 
+        def rms_rope1(x, *args, **kwargs):
+            out = originals["rms_rope1"](x, *args, **kwargs)
+            singles.append(out.detach().double().clone())
+            if len(singles) == 2:
+                seen.append(tuple(singles))
+                singles.clear()
+            return out
+
         monkeypatch.setattr(lumina, "apply_rope", apply_rope)
+        if originals["rms_rope1"] is not None:
+            monkeypatch.setattr(kitchen, "rms_rope1", rms_rope1)
         return monkeypatch.undo
 
     run, positive, negative, seen, contexts, ui, dm = _full_width_capture(
