@@ -458,9 +458,9 @@ def test_lumina2_real_width_joint_layer_capture_equals_the_joint_softmax_and_vie
     """One joint layer 2304 wide (24 query heads of 96, 8 key/value heads), 1 step, 64 px. The two
     context-refiner layers attend the text alone and the two noise-refiner layers the image alone: not
     joint, not recorded. q and k are read after the layer's q/k RMS norms and the rotary embedding
-    (``apply_rope`` of the model's module, or newer ComfyUI's fused ``rms_rope1``, wrapped here); the key heads are repeated to the query heads as
-    the layer does before attention (head h reads key head h // 3). The joint layers get no mask (the
-    model passes none to them). The view's class weights are the sums of the token means per Gemma role."""
+    (``apply_rope`` of the model's module, or newer ComfyUI's fused ``rms_rope1``, wrapped here); the key
+    heads are repeated to the query heads as the layer does before attention (head h reads key head h // 3).
+    The joint layers get no mask (the model passes none to them). The view's class weights are the sums of the token means per Gemma role."""
     import comfy.ldm.lumina.model as lumina
 
     from shapefirst.tokens import SEM, SOS
