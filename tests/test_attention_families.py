@@ -521,3 +521,66 @@ def test_lumina2_real_width_joint_layer_capture_equals_the_joint_softmax_and_vie
     for role in (SOS, SEM):
         want = sum(means[i].item() for i, x in enumerate(roles) if x == role)
         assert d["class_shares"][role][0] == pytest.approx(want, abs=2e-3) and want > 0
+
+
+def test_qwen_image_padded_text_tokens_get_the_mask_the_model_applies(comfy, full_width_models, monkeypatch):
+    """The positive prompt's last 3 tokens marked as padding (``attention_mask`` in the conditioning, as
+    an encoder that pads a batch gives it). The capture applies exactly the mask the model hands to its
+    joint attention call, read here by wrapping the module's ``optimized_attention_masked`` (with its q and
+    k, after RoPE): newer ComfyUI turns it into an additive key mask, so those tokens get probability 0
+    and the rest is renormalised over the kept tokens; 0.3.75's Qwen-Image passes no mask, so the padded
+    tokens keep their weight there, as in the model. Core's sampler; sampling bit-identical."""
+    import gc
+
+    import comfy.ldm.qwen_image.model as qwen
+    import comfy.model_management as mm
+    import comfy.sample as comfy_sample
+    import nodes
+
+    from test_families_dit import base as dit_base
+
+    g = dit_base(full_width_models, "qwen_image")
+    try:
+        r0 = comfy.run(g, outputs=["1", "2", "3", "4"])
+        model, (cond, extra) = r0.output_value("1", 0), r0.output_value("2")[0]
+        text, padded = cond.shape[1], 3
+        mask = torch.ones(1, text, dtype=torch.long)
+        mask[0, -padded:] = 0
+        positive = [[cond, {**extra, "attention_mask": mask}]]
+        latent = comfy_sample.fix_empty_latent_channels(model, r0.output_value("4")["samples"])
+        patched, rec = nodes.NODE_CLASS_MAPPINGS["AttentionMapCapture"].execute(model, **CAPTURE).result
+        original, calls = qwen.optimized_attention_masked, []
+
+        def attention(q, k, v, heads, mask=None, **kwargs):
+            calls.append((q.detach().double().clone(), k.detach().double().clone(),
+                          None if mask is None else mask.detach().double().clone()))
+            return original(q, k, v, heads, mask, **kwargs)
+
+        def sample(m):
+            noise = comfy_sample.prepare_noise(latent, 3)
+            return comfy_sample.sample(m, noise, 1, 4.0, "euler", "simple", positive, r0.output_value("3"), latent,
+                                       seed=3, disable_pbar=True)
+
+        monkeypatch.setattr(qwen, "optimized_attention_masked", attention)
+        captured = sample(patched)
+        monkeypatch.undo()
+        assert torch.equal(captured, sample(model))  # sampling with the capture: bit-identical
+        run = rec.run
+        assert run.token_count[0] == text and mask.sum() == text - padded
+        (q, k, m), = [c for c in calls if c[0].shape[2] == text + 16]  # the positive prompt's joint call
+        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        if m is not None:
+            assert m.shape == (1, 1, text + 16)
+            scores = scores + m[:, None]
+        block = torch.softmax(scores, dim=-1)[:, :, text:, :text]
+        want = (block / block.sum(-1, keepdim=True)).mean(1)[0].transpose(0, 1).reshape(text, 4, 4)
+        got = run.layers[0][0]["double.0"][0].double()
+        assert torch.allclose(got, want, rtol=1e-3, atol=2e-5), (got - want).abs().max()
+        if m is not None:  # the model masks the padded tokens: so does the capture, exactly
+            assert torch.all(got[-padded:] == 0) and torch.all(got[:-padded] > 0)
+        else:  # the model attends to them: so does the capture
+            assert got[-padded:].sum(0).min() > 1e-3
+    finally:
+        mm.unload_all_models()
+        gc.collect()
+        mm.soft_empty_cache()
