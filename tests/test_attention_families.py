@@ -410,12 +410,16 @@ def _renormalised_text_block(q, k, text):
     return (block / block.sum(-1, keepdim=True)).mean(1), block.sum(-1)
 
 
-def test_qwen_image_real_width_joint_capture_equals_the_joint_softmax(comfy, full_width_models, monkeypatch):
+def test_qwen_image_real_width_joint_capture_equals_the_joint_softmax_and_view_classes(
+        comfy, full_width_models, monkeypatch):
     """One block 3072 wide (24 heads of 128), 1 step, 64 px (16 image tokens after the 2x2 patches of the
     (1, 16, 1, 8, 8) latent): text first in the joint sequence. q and k are read where the block hands
     them to attention: after its RMS q/k norms and the rotary embedding (``apply_rope1`` of the model's
-    module, wrapped here to keep its outputs; it is called for the joint query, then the joint key)."""
+    module, wrapped here to keep its outputs; it is called for the joint query, then the joint key). The
+    view's class weights follow the chat template's roles."""
     import comfy.ldm.qwen_image.model as qwen
+
+    from shapefirst.tokens import EOS, SEM
 
     original = qwen.apply_rope1
 
@@ -428,8 +432,8 @@ def test_qwen_image_real_width_joint_capture_equals_the_joint_softmax(comfy, ful
         monkeypatch.setattr(qwen, "apply_rope1", apply_rope1)
         return monkeypatch.undo
 
-    run, positive, negative, seen, contexts, _, dm = _full_width_capture(
-        comfy, full_width_models, "qwen_image", hook, "txt_norm")
+    run, positive, negative, seen, contexts, ui, dm = _full_width_capture(
+        comfy, full_width_models, "qwen_image", hook, "txt_norm", view=True)
     n_img = 16
     lengths = {0: positive.shape[1], 1: negative.shape[1]}
     assert lengths == {0: 10, 1: 5}  # the prompt's 5 tokens + the template's 5 closing ones; the empty prompt's 5
@@ -451,6 +455,15 @@ def test_qwen_image_real_width_joint_capture_equals_the_joint_softmax(comfy, ful
         assert share.max() < 0.99  # the image keys take part of the joint softmax: renormalising matters
     sums = run.maps[0][0].float().sum(1)
     assert torch.allclose(sums, torch.ones_like(sums), atol=2e-3)
+    # the view on the Wan-VAE-decoded image: the chat template's rows (the prefix is cut by ComfyUI): the
+    # prompt's tokens SEM, the closing <|im_end|>\n<|im_start|>assistant\n EOS; class weights = sums of token means
+    d = ui["11"]["shapefirst_attention"][0]
+    roles = [t["role"] for t in d["tokens"]]
+    assert roles == [SEM] * 5 + [EOS] * 5
+    means = run.token_means[0][0][0].double()
+    for role in (SEM, EOS):
+        want = sum(means[i].item() for i, x in enumerate(roles) if x == role)
+        assert d["class_shares"][role][0] == pytest.approx(want, abs=2e-3) and want > 0
 
 
 def test_lumina2_real_width_joint_layer_capture_equals_the_joint_softmax_and_view_classes(
