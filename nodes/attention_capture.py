@@ -8,8 +8,11 @@ How the probabilities are read, whatever attention backend ComfyUI runs (the hoo
   it is handed, then attends exactly as the host would: the layer's preferred backend, the
   backend's own path for q/k/v tensor containers, an earlier override chained. The output is
   ComfyUI's own, so sampling is bit-identical with or without the capture.
-* SD3 (MMDiT) and Flux: text and image tokens attend jointly through the same override; the
-  image-query x text-key block of each joint call is kept, renormalised over the text tokens.
+* SD3 (MMDiT), Flux, Qwen-Image and Lumina 2: text and image tokens attend jointly through the same
+  override ([text; image] in each joint call); the image-query x text-key block of each joint call is
+  kept, renormalised over the text tokens, with the mask the model passes to that call. Calls over
+  fewer tokens than text + image are not joint and are skipped: SD3.5's image-only attention, Lumina
+  2's context refiner (text only) and noise refiner (image only).
 * PixArt: its cross-attention passes no transformer_options; an object patch on each block's
   ``cross_attn.forward`` recomputes q and k from the module's own projections and then runs the
   original forward.
@@ -33,9 +36,15 @@ __all__ = ["AttentionMapCapture", "AttentionCaptureType", "AttentionRecorder", "
            "model_kind", "CAPTURE_NODE", "OVERRIDE_KEY"]
 
 AttentionCaptureType = io.Custom("SHAPEFIRST_ATTENTION")
-JOINT_MODELS = {"MMDiT", "OpenAISignatureMMDITWrapper", "Flux"}
-REFUSED_JOINT = {"Chroma", "HunyuanVideo", "Lumina"}
-SUPPORTED = "SD1.x, SD2.x, SDXL, PixArt, SD3, Flux, Wan 2.1 or Wan 2.2"
+JOINT_MODELS = {"MMDiT", "OpenAISignatureMMDITWrapper", "Flux", "QwenImageTransformer2DModel"}
+REFUSED_JOINT = {"Chroma", "HunyuanVideo", "NextDiT"}
+SUPPORTED = "SD1.x, SD2.x, SDXL, PixArt, SD3, Flux, Qwen-Image, Lumina 2, Wan 2.1 or Wan 2.2"
+
+
+def _lumina2(dm) -> bool:
+    """Lumina 2's NextDiT: [text; image] in its joint layers. Not Z-Image (same class): it pads the text
+    and the image tokens to a multiple (``pad_tokens_multiple``), a layout the capture does not read."""
+    return type(dm).__name__ == "NextDiT" and getattr(dm, "pad_tokens_multiple", None) is None
 
 
 def _wan_cross_attention(dm) -> bool:
@@ -58,17 +67,20 @@ def model_kind(model) -> str:
     if isinstance(dm, PixArtMS):
         return "pixart"
     name = type(dm).__name__
-    if name in JOINT_MODELS:
+    if name in JOINT_MODELS or _lumina2(dm):
         return "joint"
     if _wan_cross_attention(dm):
         return "video"
     for m in dm.modules():
         if isinstance(m, BasicTransformerBlock) and m.attn2 is not None and not m.switch_temporal_ca_to_sa:
             return "unet"
+    pad = getattr(dm, "pad_tokens_multiple", None) if name == "NextDiT" else None
     raise ShapeFirstInputError(
         CAPTURE_NODE,
         f"this model ({name}) has no cross-attention layers to capture"
-        + (": its text and image tokens attend jointly in a layout the capture does not read"
+        + (f": its text and image tokens are padded to a multiple of {pad} inside the joint attention (Z-Image), "
+           "a layout the capture does not read" if pad is not None else
+           ": its text and image tokens attend jointly in a layout the capture does not read"
            if name in REFUSED_JOINT else "")
         + f". Connect an {SUPPORTED} model.")
 
@@ -121,10 +133,10 @@ class AttentionMapCapture(io.ComfyNode):
                 "optionally the unconditional one. Same maps under every attention backend; the sampled image is "
                 "identical to sampling without it. Memory: 2 bytes x steps x tokens x grid pixels per image and "
                 "branch (SDXL 1024 px, 30 steps, 77 tokens: 19 MB), kept on the CPU until the next run. "
-                "SD1.x, SD2.x, SDXL and PixArt (cross-attention); SD3 and Flux (joint attention: each image token's "
-                "attention on the text tokens, renormalised over the text tokens); Wan 2.1 / 2.2 video "
-                "(cross-attention, one map per kept latent frame: frame_stride). Use one sampler per "
-                "capture node: each sampling run replaces the previous record."),
+                "SD1.x, SD2.x, SDXL and PixArt (cross-attention); SD3, Flux, Qwen-Image and Lumina 2 (joint "
+                "attention: each image token's attention on the text tokens, renormalised over the text tokens); "
+                "Wan 2.1 / 2.2 video (cross-attention, one map per kept latent frame: frame_stride). Use one "
+                "sampler per capture node: each sampling run replaces the previous record."),
             inputs=[
                 io.Model.Input("model", tooltip="The model to sample with. It is cloned, never modified."),
                 io.Boolean.Input("record_uncond", default=False,

@@ -12,8 +12,8 @@ devices from a thread pool, each thread through these hooks.
 Four ways to read the probabilities:
 * UNet cross-attention: an ``attn2_patch`` flags the next attention call, the override
   (``attention_override``) computes softmax(q k^T / sqrt(d)) from the q and k it is handed.
-* joint attention (SD3/MMDiT, Flux): every attention call over [text; image] tokens passes the
-  override; the image-query x text-key block is taken, see ``_observe_joint``.
+* joint attention (SD3/MMDiT, Flux, Qwen-Image, Lumina 2): every attention call over [text; image]
+  tokens passes the override; the image-query x text-key block is taken, see ``_observe_joint``.
 * PixArt: an object patch on each block's ``cross_attn.forward`` recomputes q and k from the
   module's own projections and then runs the original forward.
 * Wan (cross-attention over the tokens of a 5-D video latent): an object patch on each block's
@@ -123,7 +123,7 @@ class AttentionRecorder:
                        disable_pbar):
         total = max(0, len(sigmas) - 1)
         batch, frames, total_frames = int(noise.shape[0]), [], 0
-        if noise.ndim == 5:  # video (B, C, F, H, W): every kept frame of every video is one entry
+        if noise.ndim == 5 and self.kind == "video":  # (B, C, F, H, W): every kept frame of every video is one entry
             total_frames = -(-int(noise.shape[2]) // self.patch_frames)
             frames = planned_steps(total_frames, self.settings.frame_stride)
             batch = batch * len(frames)
@@ -302,6 +302,10 @@ class AttentionRecorder:
         ``shapefirst.attention.joint_text_probs`` for why)."""
         if len(args) < 2 or call.text <= 0:
             return
+        if call.frames > 1:  # Qwen-Image's latent is (B, C, 1, H, W); several frames are not one image
+            self._warn("joint_frames", f"a joint-attention call over {call.frames} latent frames was not recorded; "
+                                       "maps cover single-frame latents only.")
+            return
         q, k = args[0], args[1]
         heads = args[3] if len(args) > 3 else kwargs.get("heads")
         skip = bool(kwargs.get("skip_reshape", False))
@@ -309,7 +313,7 @@ class AttentionRecorder:
         p = self.patch_size
         hw = (-(-call.hw[0] // p), -(-call.hw[1] // p))
         if nq != nk or heads is None or nq < call.text + hw[0] * hw[1]:
-            return  # an image-only attention (SD3.5's second attention), not a joint call
+            return  # image-only (SD3.5's second attention, Lumina 2's noise refiner) or text-only (its context refiner)
         rows = self._rows(call, q.shape[0])
         if not rows:
             return
@@ -318,7 +322,7 @@ class AttentionRecorder:
         call.joint_calls += 1
         layer = f"{to['block_type']}.{to.get('block_index', 0)}" if "block_type" in to else f"joint.{index}"
         b = q.shape[0] // len(call.chunks)
-        mask = kwargs.get("mask")
+        mask = args[4] if len(args) > 4 else kwargs.get("mask")  # Qwen-Image and Lumina 2 pass it positionally
         if mask is not None and mask.ndim >= 3 and mask.shape[0] == q.shape[0]:
             mask = _take(mask, rows, b)
         probs = joint_text_probs(_take(q, rows, b), _take(k, rows, b), int(heads), call.text, hw[0] * hw[1],

@@ -71,7 +71,7 @@ def head_mean_probs(q: torch.Tensor, k: torch.Tensor, heads: int, skip_reshape: 
 
 def joint_text_probs(q: torch.Tensor, k: torch.Tensor, heads: int, text: int, image: int,
                      skip_reshape: bool = False, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Joint attention over [text; image; ...] tokens (SD3/MMDiT, Flux): the image queries'
+    """Joint attention over [text; image; ...] tokens (SD3/MMDiT, Flux, Qwen-Image, Lumina 2): the image queries'
     probabilities on the text keys, (B, image, text), renormalised over the text keys.
 
     Per head this is softmax over the text keys only of q_img k_txt^T / sqrt(d), which equals

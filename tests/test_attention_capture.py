@@ -283,5 +283,36 @@ def test_a_model_without_text_attention_is_refused(comfy):
     config.set_inference_dtype(torch.float32, None)
     unet = mp.ModelPatcher(config.get_model({}), load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
     with pytest.raises(ValueError, match=r"AttentionMapCapture: this model \(UNetModel\) has no cross-attention layers"
-                                         r".*Connect an SD1.x, SD2.x, SDXL, PixArt, SD3, Flux, Wan 2.1 or Wan 2.2 model"):
+                                         r".*Connect an SD1.x, SD2.x, SDXL, PixArt, SD3, Flux, Qwen-Image, Lumina 2, "
+                                         r"Wan 2.1 or Wan 2.2 model"):
         nodes.NODE_CLASS_MAPPINGS["AttentionMapCapture"].execute(unet, **CAPTURE)
+
+
+def test_z_image_is_refused_and_lumina2_of_the_same_class_is_read_as_joint_attention(comfy):
+    """Z-Image is Lumina 2's NextDiT with its text and image tokens padded to a multiple of 32 (pad tokens
+    inside the joint sequence): refused with the supported list. The same tiny net without that padding
+    (Lumina 2's layout, [text; image]) is accepted as joint attention."""
+    import comfy.model_patcher as mp
+    import comfy.supported_models as sm
+    import nodes
+
+    node = nodes.NODE_CLASS_MAPPINGS["AttentionMapCapture"]
+
+    def tiny(config_class, **extra):
+        config = config_class({"image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 64,
+                               "cap_feat_dim": 32, "n_layers": 1, "n_refiner_layers": 1, "qk_norm": True,
+                               "n_heads": 2, "n_kv_heads": 2, "axes_dims": [8, 12, 12], "axes_lens": [300, 512, 512],
+                               "rope_theta": 10000.0, **extra})
+        config.set_inference_dtype(torch.float32, None)
+        return mp.ModelPatcher(config.get_model({}), load_device=torch.device("cpu"),
+                               offload_device=torch.device("cpu"))
+
+    lumina2 = tiny(sm.Lumina2)
+    patched, recorder = node.execute(lumina2, **CAPTURE).result
+    assert recorder.kind == "joint" and patched is not lumina2
+    z_image = tiny(sm.ZImage, z_image_modulation=True, pad_tokens_multiple=32)
+    with pytest.raises(ValueError, match=r"AttentionMapCapture: this model \(NextDiT\) has no cross-attention layers "
+                                         r"to capture: its text and image tokens are padded to a multiple of 32 inside "
+                                         r"the joint attention \(Z-Image\), a layout the capture does not read\. "
+                                         r"Connect an .*Lumina 2"):
+        node.execute(z_image, **CAPTURE)

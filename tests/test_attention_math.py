@@ -62,6 +62,24 @@ def test_additive_and_boolean_masks_remove_keys():
     assert torch.allclose(A.head_mean_probs(q, k, 2, mask=keep), p, atol=1e-6)
 
 
+def test_joint_text_probs_honour_a_key_mask_over_the_joint_sequence():
+    """Qwen-Image's mask (ComfyUI 0.33): (B, 1, text + image) additive, -max on padded text tokens.
+    The padded tokens get probability 0 and the rest equals the softmax over the kept text keys."""
+    g = _gen(4)
+    text, image, heads, d = 5, 6, 2, 8
+    q = torch.randn(2, heads, text + image, d, generator=g)
+    k = torch.randn(2, heads, text + image, d, generator=g)
+    mask = torch.zeros(2, 1, text + image)
+    mask[1, 0, 3:text] = -torch.finfo(torch.float32).max  # the second prompt: its last two text tokens padded
+    p = A.joint_text_probs(q, k, heads, text, image, skip_reshape=True, mask=mask)
+    assert p.shape == (2, image, text) and torch.all(p[1, :, 3:] == 0)
+    scores = q[:, :, text:].double() @ k[:, :, :text].double().transpose(-1, -2) / math.sqrt(d)
+    want0 = scores[0].softmax(-1).mean(0)
+    want1 = scores[1, :, :, :3].softmax(-1).mean(0)
+    assert torch.allclose(p[0].double(), want0, atol=1e-6) and torch.allclose(p[1, :, :3].double(), want1, atol=1e-6)
+    assert torch.allclose(p.sum(-1), torch.ones(2, image), atol=1e-6)
+
+
 def test_folding_repeated_keys_gives_the_unrepeated_probabilities():
     g = _gen(4)
     q, k = torch.randn(1, 10, 16, generator=g), torch.randn(1, 7, 16, generator=g)
