@@ -7,6 +7,8 @@ from .common import BIRD, BUTTERFLY, CHAIR, DEFAULT_CKPT, SKYLINE
 SWAP_DEFAULTS = {"eos_from": "B", "sem_from": "A", "sos_from": "A", "padding_is_eos": True, "layout": "prompt A",
                  "sem_repeats": 1, "apply_to": "keys and values", "start_percent": 0.0, "end_percent": 1.0,
                  "pooled_from": "B", "noise_seed": 0}
+# The width its token table opens to (js/token_table.js): a narrower node would widen over its neighbour.
+SWAP_SIZE = (420, 800)
 
 
 class _SwapSheet:
@@ -28,7 +30,7 @@ class _SwapSheet:
         return self.b.add("CLIPTextEncode", title, 1, row, size=(320, 120), text=text, clip=self.ckpt.out(1))
 
     def swap(self, title: str, a: str, b: str, row: float, **opts):
-        return self.b.add("EOSSwapConditioning", title, 2, row, size=(340, 800), clip=self.ckpt.out(1),
+        return self.b.add("EOSSwapConditioning", title, 2, row, size=SWAP_SIZE, clip=self.ckpt.out(1),
                           prompt_a=a, prompt_b=b, **{**SWAP_DEFAULTS, **opts})
 
     def image(self, title: str, positive, row: float):
@@ -42,7 +44,7 @@ class _SwapSheet:
     def finish(self, note: str) -> dict:
         strip = self.images[0].out(0)
         for k, img in enumerate(self.images[1:]):
-            strip = self.b.add("ImageStitch", f"Side by side ({k + 2} images)", 6, k * 0.5, size=(260, 130),
+            strip = self.b.add("ImageStitch", f"Side by side ({k + 2} images)", 6, k * 0.7, size=(260, 130),
                                image1=strip, image2=img.out(0), direction="right", match_image_size=True,
                                spacing_width=8, spacing_color="white").out(0)
         self.b.add("SaveImage", "Save: " + ", ".join(t for t in self.titles), 7, 0, size=(480, 300), images=strip,

@@ -127,7 +127,7 @@ def sd3_eos_swap_ab(info: dict) -> dict:
     ckpt, clip, sampling, _, neg, latent = _sd3_base(b, "")
     pa = b.add("CLIPTextEncode", "Prompt A (bird)", 2, 0, size=(320, 120), text=BIRD, clip=clip.out(0))
     pb = b.add("CLIPTextEncode", "Prompt B (chair)", 2, 0.5, size=(320, 120), text=CHAIR, clip=clip.out(0))
-    swap = b.add("EOSSwapConditioning", "bird + [EOS] of chair", 2, 1, size=(340, 800), clip=clip.out(0),
+    swap = b.add("EOSSwapConditioning", "bird + [EOS] of chair", 2, 1, size=(420, 800), clip=clip.out(0),
                  prompt_a=BIRD, prompt_b=CHAIR, eos_from="B", sem_from="A", sos_from="A", padding_is_eos=True,
                  layout="prompt A", sem_repeats=1, apply_to="keys and values", start_percent=0.0, end_percent=1.0,
                  pooled_from="B", noise_seed=0, swap_encoders="all")
@@ -139,7 +139,7 @@ def sd3_eos_swap_ab(info: dict) -> dict:
         images.append(b.add("VAEDecode", title, 4, k, size=(220, 50), samples=sampler.out(0), vae=ckpt.out(2)))
     strip = images[0].out(0)
     for k, image in enumerate(images[1:]):
-        strip = b.add("ImageStitch", f"Side by side ({k + 2} images)", 5, k * 0.5, size=(260, 130), image1=strip,
+        strip = b.add("ImageStitch", f"Side by side ({k + 2} images)", 5, k * 0.7, size=(260, 130), image1=strip,
                       image2=image.out(0), direction="right", match_image_size=True, spacing_width=8,
                       spacing_color="white").out(0)
     b.add("SaveImage", "Save: bird, chair, bird + EOS chair", 6, 0, size=(480, 300), images=strip,
