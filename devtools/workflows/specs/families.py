@@ -29,7 +29,8 @@ RANDOM_WEIGHTS = ("Tested with random-weight models of the real architectures (t
 
 
 def _patch(b: WorkflowBuilder, model, column: int, row: float, title: str, window: dict):
-    return b.add("TruncatedCFGModel", title, column, row, size=(340, 330), model=model, **window)
+    # the size its guidance report opens to after a run (js/shapefirst.js), reserved
+    return b.add("TruncatedCFGModel", title, column, row, size=(440, 800), model=model, **window)
 
 
 def _decode_save(b: WorkflowBuilder, samples, vae, column: int, prefix: str):

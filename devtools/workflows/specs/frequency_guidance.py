@@ -8,10 +8,10 @@ from .common import BIRD_ON_FLOWER, DOG_PROMPT, FIG1_PROMPT, _txt2img_base
 from .families import STEPS_WINDOW
 
 
-# The sizes the nodes open to after a run, reserved: the guidance report (js/shapefirst.js) below the
+# The sizes the nodes open to after a run, reserved: the guidance report (js/shapefirst.js, 440 wide) below the
 # sampler's or guider's inputs, the three Fig. 2b/2c panels below Frequency Curves' inputs.
-SAMPLER_SIZE = (320, 800)
-GUIDER_SIZE = (340, 800)
+SAMPLER_SIZE = (440, 800)
+GUIDER_SIZE = (440, 800)
 CURVES_SIZE = (460, 830)
 
 
