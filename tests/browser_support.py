@@ -143,8 +143,9 @@ class PackPage:
         self.page.wait_for_function("Array.from(document.images).every(i => i.complete)", timeout=30_000)
         self.evaluate("""() => {
             const nodes = app.canvas.graph.nodes;
+            const left = Math.min(...nodes.map(n => n.pos[0])), top = Math.min(...nodes.map(n => n.pos[1]));
             app.canvas.ds.scale = 1;
-            app.canvas.ds.offset = [40 - Math.min(...nodes.map(n => n.pos[0])), 80 - Math.min(...nodes.map(n => n.pos[1]))];
+            app.canvas.ds.offset = [40 - left, 80 - top];
             app.canvas.setDirty(true, true);
         }""")
         self.page.wait_for_timeout(1000)
