@@ -27,6 +27,14 @@ NOISE = re.compile(r"/api/jobs|/api/userdata|ERR_NAME_NOT_RESOLVED|ERR_CONNECTIO
                    r"ERR_ADDRESS_UNREACHABLE|ERR_NETWORK_CHANGED", re.I)
 
 
+def pack_lines(lines: list[str]) -> list[str]:
+    """The console lines that mention the pack (its messages, its files in a stack or as the source),
+    without the known noise; a line naming one of the pack's own files always counts."""
+    own = f"/extensions/{PACK}/"
+    return [line for line in lines if re.search(r"shapefirst", line, re.I)
+            and (own in line or not NOISE.search(line))]
+
+
 class FrontendServer(comfy_server.ComfyServer):
     """ComfyServer serving a chosen front end (``--front-end-root``); None keeps the pinned one."""
 
@@ -71,7 +79,7 @@ class PackPage:
     def pack_console_lines(self) -> list[str]:
         """Console lines and uncaught errors that mention the pack (its messages, its files in a
         stack or as the source), without the known noise."""
-        return [line for line in self.console if re.search(r"shapefirst", line, re.I) and not NOISE.search(line)]
+        return pack_lines(self.console)
 
     def evaluate(self, script: str, arg=None):
         return self.page.evaluate(script, arg)

@@ -120,6 +120,20 @@ def _assert_no_overlaps(page, output_dir: Path, name: str) -> None:
     assert not clashes, "\n".join(clashes)
 
 
+def test_console_filter_keeps_the_packs_lines_and_drops_only_known_noise():
+    ext = f"http://127.0.0.1:1/extensions/{bs.PACK}/shapefirst.js"
+    lines = [
+        "warning: ShapeFirst: TruncatedCFGGuider could not show its output: TypeError (at )",
+        f"pageerror: x is undefined\n    at showGuidance ({ext}:40:3)",
+        f"error: Failed to load resource: net::ERR_CONNECTION_REFUSED (at {ext})",
+        "error: Failed to load resource: the server responded with a status of 404 (at /api/jobs?workflow=shapefirst)",
+        "error: GET /api/userdata/workflows/shapefirst_fig2.json 404 (at )",
+        "error: net::ERR_NAME_NOT_RESOLVED shapefirst (at https://registry.example/)",
+        "error: something else entirely (at /assets/index.js)",
+    ]
+    assert bs.pack_lines(lines) == lines[:3]
+
+
 def test_pack_is_listed_and_its_extension_loads(page):
     info = page.srv.get_json("/object_info")
     for name in ("FrequencySplitPreview", "FrequencyTrace", "FrequencyCurves", "TruncatedCFGGuider"):
