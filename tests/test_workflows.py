@@ -155,3 +155,16 @@ def test_overrides_copy_the_prompt():
     assert out["2"]["inputs"]["width"] == out["2"]["inputs"]["height"] == 64
     assert out["3"]["inputs"]["steps"] == 6
     assert prompt["3"]["inputs"]["steps"] == 50  # the original is untouched
+
+
+@pytest.mark.comfy
+def test_builder_refuses_overlapping_nodes(comfy):
+    from devtools.workflows.builder import WorkflowBuilder  # its graph is ComfyUI's GraphBuilder
+
+    b = WorkflowBuilder(_info())
+    b.add("Loader", None, 0, 0, size=(320, 260))
+    b.add("Loader", None, 0, 1, size=(320, 260))
+    assert len(b.to_ui()["nodes"]) == 2  # rows 300 apart: 260 + the title bar fits
+    b.add("Loader", None, 0, 1.5, size=(320, 260))
+    with pytest.raises(WorkflowError, match="overlap"):
+        b.to_ui()
