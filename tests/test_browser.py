@@ -267,6 +267,20 @@ def test_eos_swap_token_table_is_text_and_scrolls_inside_its_node(page, output_d
     _shot(page, output_dir, "eos_swap_token_table")
 
 
+def test_fig4_skyline_butterfly_views_open_without_covering_a_neighbour(page, output_dir):
+    """The other Fig. 4 workflow: long sentences (more table rows, longer titles), the same check."""
+    name = "fig4_eos_swap_skyline_butterfly"
+    page.load_template(name)
+    # a new run per page (a cached node shows nothing): noise_seed changes the swap nodes' inputs only
+    page.set_widgets(_small_run(page.srv.ckpt_name, steps=2) +
+                     [("EOSSwapConditioning", "noise_seed", bs.MODES.index(page.mode) + 1)])
+    page.run()
+    page.page.wait_for_function(
+        "Array.from(document.querySelectorAll('[data-shapefirst=\"token-table\"]')).filter(e => e.dataset.rows === '77').length === 2",
+        timeout=60_000)
+    _assert_no_overlaps(page, output_dir, name)
+
+
 def test_fig1_attention_view_scrubs_tokens_and_steps_inside_its_node(page, output_dir):
     name = "fig1_attention_maps_over_steps"
     shipped = json.loads((WORKFLOWS / f"{name}.json").read_text())
