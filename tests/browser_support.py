@@ -27,6 +27,14 @@ NOISE = re.compile(r"/api/jobs|/api/userdata|ERR_NAME_NOT_RESOLVED|ERR_CONNECTIO
                    r"ERR_ADDRESS_UNREACHABLE|ERR_NETWORK_CHANGED", re.I)
 
 
+def pack_lines(lines: list[str]) -> list[str]:
+    """The console lines that mention the pack (its messages, its files in a stack or as the source),
+    without the known noise; a line naming one of the pack's own files always counts."""
+    own = f"/extensions/{PACK}/"
+    return [line for line in lines if re.search(r"shapefirst", line, re.I)
+            and (own in line or not NOISE.search(line))]
+
+
 class FrontendServer(comfy_server.ComfyServer):
     """ComfyServer serving a chosen front end (``--front-end-root``); None keeps the pinned one."""
 
@@ -71,7 +79,7 @@ class PackPage:
     def pack_console_lines(self) -> list[str]:
         """Console lines and uncaught errors that mention the pack (its messages, its files in a
         stack or as the source), without the known noise."""
-        return [line for line in self.console if re.search(r"shapefirst", line, re.I) and not NOISE.search(line)]
+        return pack_lines(self.console)
 
     def evaluate(self, script: str, arg=None):
         return self.page.evaluate(script, arg)
@@ -136,6 +144,21 @@ class PackPage:
         with the canvas scale; plus the view's scroll sizes."""
         return self.evaluate(GEOMETRY_JS, [node_id, kind])
 
+    def node_boxes(self) -> list[dict]:
+        """The box of every node of the graph shown, in canvas units, once the page's images have
+        loaded (an image preview makes a Vue node taller), at scale 1 (a smaller scale may draw
+        Vue nodes in less detail)."""
+        self.page.wait_for_function("Array.from(document.images).every(i => i.complete)", timeout=30_000)
+        self.evaluate("""() => {
+            const nodes = app.canvas.graph.nodes;
+            const left = Math.min(...nodes.map(n => n.pos[0])), top = Math.min(...nodes.map(n => n.pos[1]));
+            app.canvas.ds.scale = 1;
+            app.canvas.ds.offset = [40 - left, 80 - top];
+            app.canvas.setDirty(true, true);
+        }""")
+        self.page.wait_for_timeout(1000)
+        return self.evaluate(NODE_BOXES_JS)
+
     def screenshot(self, path: Path) -> None:
         self.page.screenshot(path=str(path))
 
@@ -171,3 +194,38 @@ GEOMETRY_JS = """([id, kind]) => {
 def inside(inner: dict, outer: dict, tol: float = 2.0) -> bool:
     return (inner["left"] >= outer["left"] - tol and inner["top"] >= outer["top"] - tol
             and inner["right"] <= outer["right"] + tol and inner["bottom"] <= outer["bottom"] + tol)
+
+
+# Every node of the graph shown, as a box in canvas units (title bar included): in Nodes 2.0 the
+# box of the node's element on the page, in the classic canvas the box LiteGraph draws.
+NODE_BOXES_JS = """() => {
+  const canvas = app.canvas, scale = canvas.ds.scale, [ox, oy] = canvas.ds.offset;
+  const c = canvas.canvas.getBoundingClientRect();
+  const title = LiteGraph.NODE_TITLE_HEIGHT;
+  return canvas.graph.nodes.map((node) => {
+    const el = document.querySelector(`[data-node-id="${node.id}"]`);
+    let box;
+    if (el) {
+      const r = el.getBoundingClientRect();
+      box = [(r.left - c.left) / scale - ox, (r.top - c.top) / scale - oy, r.width / scale, r.height / scale];
+    } else {
+      box = [node.pos[0], node.pos[1] - title, node.size[0], node.size[1] + title];
+    }
+    return {id: node.id, type: node.type, title: node.title, vue: Boolean(el), box};
+  });
+}"""
+
+
+def overlaps(boxes: list[dict], tol: float = 1.0) -> list[str]:
+    """Pairs of node boxes (``[x, y, w, h]``) that share more than ``tol`` units both ways."""
+    found = []
+    for i, a in enumerate(boxes):
+        ax, ay, aw, ah = a["box"]
+        for b in boxes[i + 1:]:
+            bx, by, bw, bh = b["box"]
+            dx = min(ax + aw, bx + bw) - max(ax, bx)
+            dy = min(ay + ah, by + bh) - max(ay, by)
+            if dx > tol and dy > tol:
+                found.append(f"{a['type']} {a['id']} {[round(v) for v in a['box']]} overlaps "
+                             f"{b['type']} {b['id']} {[round(v) for v in b['box']]} by {dx:.0f} x {dy:.0f}")
+    return found

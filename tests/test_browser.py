@@ -109,6 +109,31 @@ def _assert_inside_node(page, node_id, kind: str, max_height: float | None = Non
     return geo
 
 
+def _assert_no_overlaps(page, output_dir: Path, name: str) -> None:
+    """After a run, with every view open and every image shown, no node covers another (the views
+    once grew over their neighbours: the attention view, the token table's width, image previews)."""
+    boxes = page.node_boxes()
+    assert all(b["vue"] == (page.mode == "vue") for b in boxes), boxes
+    clashes = bs.overlaps(boxes)
+    if clashes:
+        _shot(page, output_dir, f"{name}-overlap")
+    assert not clashes, "\n".join(clashes)
+
+
+def test_console_filter_keeps_the_packs_lines_and_drops_only_known_noise():
+    ext = f"http://127.0.0.1:1/extensions/{bs.PACK}/shapefirst.js"
+    lines = [
+        "warning: ShapeFirst: TruncatedCFGGuider could not show its output: TypeError (at )",
+        f"pageerror: x is undefined\n    at showGuidance ({ext}:40:3)",
+        f"error: Failed to load resource: net::ERR_CONNECTION_REFUSED (at {ext})",
+        "error: Failed to load resource: the server responded with a status of 404 (at /api/jobs?workflow=shapefirst)",
+        "error: GET /api/userdata/workflows/shapefirst_fig2.json 404 (at )",
+        "error: net::ERR_NAME_NOT_RESOLVED shapefirst (at https://registry.example/)",
+        "error: something else entirely (at /assets/index.js)",
+    ]
+    assert bs.pack_lines(lines) == lines[:3]
+
+
 def test_pack_is_listed_and_its_extension_loads(page):
     info = page.srv.get_json("/object_info")
     for name in ("FrequencySplitPreview", "FrequencyTrace", "FrequencyCurves", "TruncatedCFGGuider"):
@@ -201,6 +226,7 @@ def test_fig2_workflow_runs_in_the_browser_and_shows_preview_and_chart(page, out
     page.page.wait_for_function(loaded, arg=split_id, timeout=60_000)
     size = page.evaluate(loaded, split_id)
     assert size[0] > 3 * 64 and size[1] == 64 + 16  # input | low | high, decoded, with labels
+    _assert_no_overlaps(page, output_dir, name)
     page.show_node(curves_id)
     _shot(page, output_dir, name)
 
@@ -237,7 +263,22 @@ def test_eos_swap_token_table_is_text_and_scrolls_inside_its_node(page, output_d
         geo = _assert_inside_node(page, node_id, "token-table", max_height=300)
         assert geo["scroll"]["scroll"] > 3 * geo["scroll"]["client"]  # the rows scroll inside the view
         assert geo["node"]["height"] < 1100 * geo["scale"], geo  # the node did not grow with the rows
+    _assert_no_overlaps(page, output_dir, name)
     _shot(page, output_dir, "eos_swap_token_table")
+
+
+def test_fig4_skyline_butterfly_views_open_without_covering_a_neighbour(page, output_dir):
+    """The other Fig. 4 workflow: long sentences (more table rows, longer titles), the same check."""
+    name = "fig4_eos_swap_skyline_butterfly"
+    page.load_template(name)
+    # a new run per page (a cached node shows nothing): noise_seed changes the swap nodes' inputs only
+    page.set_widgets(_small_run(page.srv.ckpt_name, steps=2) +
+                     [("EOSSwapConditioning", "noise_seed", bs.MODES.index(page.mode) + 1)])
+    page.run()
+    page.page.wait_for_function(
+        "Array.from(document.querySelectorAll('[data-shapefirst=\"token-table\"]')).filter(e => e.dataset.rows === '77').length === 2",
+        timeout=60_000)
+    _assert_no_overlaps(page, output_dir, name)
 
 
 def test_fig1_attention_view_scrubs_tokens_and_steps_inside_its_node(page, output_dir):
@@ -275,6 +316,7 @@ def test_fig1_attention_view_scrubs_tokens_and_steps_inside_its_node(page, outpu
     assert view["coloured"] > 1000  # the image with the heat overlay
     view_id = next(n["id"] for n in shipped["nodes"] if n["type"] == "AttentionMapView")
     _assert_inside_node(page, view_id, "attention-view")  # it once spilled below its node
+    _assert_no_overlaps(page, output_dir, name)
     _shot(page, output_dir, name)
 
 
@@ -307,6 +349,34 @@ def test_truncated_cfg_sampler_shows_its_report(page, output_dir):
     assert drawn["steps"] == str(report["steps"]) and drawn["points"] == str(len(report["curve"]))
     assert len(report["curve"]) >= 1 and drawn["coloured"] > 100
     assert f"{report['steps']} steps" in drawn["text"]
+    _shot(page, output_dir, name)
+
+
+def test_shipped_guider_workflow_shows_the_guider_report(page, output_dir):
+    """The shipped Truncated CFG Guider workflow, loaded from the pack's templates and queued with core
+    SamplerCustomAdvanced: the guider does not run after sampling, so its report arrives as an event
+    and must be drawn in the guider node."""
+    name = "custom_sampler_truncated_cfg_guider"
+    shipped = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    assert page.load_template(name) == shipped
+    output = page.evaluate("async () => (await app.graphToPrompt()).output")
+    assert output == workflow_tools.ui_to_api(shipped, page.srv.get_json("/object_info"))
+    assert {"TruncatedCFGGuider", "SamplerCustomAdvanced"} <= {n["class_type"] for n in output.values()}
+    seed = 100 + bs.MODES.index(page.mode)  # a new run per page: a cached guider sends no report
+    page.set_widgets(_small_run(page.srv.ckpt_name, steps=4) + [("BasicScheduler", "steps", 4),
+                                                                ("RandomNoise", "noise_seed", seed)])
+    page.run()
+    node_id = next(n["id"] for n in shipped["nodes"] if n["type"] == "TruncatedCFGGuider")
+    page.page.wait_for_function(
+        "(id) => app.graph.getNodeById(id).shapefirstView?.root.dataset.steps !== undefined", arg=node_id,
+        timeout=60_000)
+    _assert_inside_node(page, node_id, "guidance")
+    drawn = _guidance_drawn(page, node_id)
+    assert drawn["steps"] == "4" and int(drawn["points"]) >= 1 and drawn["coloured"] > 100, drawn
+    assert "4 steps" in drawn["text"] and "conditional passes skipped" in drawn["text"], drawn
+    saved = float(page.evaluate("(id) => app.graph.getNodeById(id).shapefirstView.root.dataset.saved", node_id))
+    assert 0 < saved < 50  # the first 40% of 4 steps guided: some conditional passes skipped, not all
+    _assert_no_overlaps(page, output_dir, name)
     _shot(page, output_dir, name)
 
 

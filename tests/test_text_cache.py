@@ -145,15 +145,9 @@ def test_no_state_leaks_into_the_next_run(sd15):
 
 
 def test_joint_attention_models_are_refused_with_the_fix(comfy):
-    import comfy.model_patcher as mp
-    import comfy.supported_models as sm
+    from test_attention_models import _tiny_flux  # a seeded tiny Flux, built for the host's FluxParams
 
-    config = sm.Flux({"image_model": "flux", "guidance_embed": False, "in_channels": 16, "out_channels": 16,
-                      "vec_in_dim": 32, "context_in_dim": 32, "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2,
-                      "depth": 1, "depth_single_blocks": 1, "axes_dim": [8, 12, 12], "theta": 10000,
-                      "patch_size": 2, "qkv_bias": True})
-    config.set_inference_dtype(torch.float32, None)
-    flux = mp.ModelPatcher(config.get_model({}), load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    flux = _tiny_flux()
     m = flux.clone()
     with pytest.raises(ValueError, match=r"^Truncated CFG: text_cache is not available for Flux \(joint attention: "
                                          r".*\); set text_cache to off$"):

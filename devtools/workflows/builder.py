@@ -2,7 +2,9 @@
 
 Nodes are added to a ``devtools.graph.Graph`` (ComfyUI's GraphBuilder), each placed at a grid cell
 (column, row) with a size; ``to_ui`` lays the columns out by the widest node of each, so a wide node
-never covers its right-hand neighbour.
+never covers its right-hand neighbour, and refuses a layout where two nodes' boxes (title bar
+included) overlap. A node whose view opens after a run (a chart, a table, an image preview) is given
+the size it opens to, or is the last of its column, so it never grows over a neighbour.
 """
 
 from __future__ import annotations
@@ -17,6 +19,15 @@ COLUMN_GAP = 40  # free space between a column's widest node and the next column
 ROW_HEIGHT = 300
 NODE_SIZE = (320, 260)
 NOTE_SIZE = (320, 160)
+TITLE_HEIGHT = 30  # the title bar drawn above a node's position
+
+
+def overlapping(ui_nodes: list[dict]) -> list[tuple[int, int]]:
+    """Ids of the node pairs whose boxes (title bar included) overlap."""
+    boxes = [(d["id"], d["pos"][0], d["pos"][1] - TITLE_HEIGHT, d["pos"][0] + d["size"][0], d["pos"][1] + d["size"][1])
+             for d in ui_nodes]
+    return [(a[0], b[0]) for i, a in enumerate(boxes) for b in boxes[i + 1:]
+            if min(a[3], b[3]) > max(a[1], b[1]) and min(a[4], b[4]) > max(a[2], b[2])]
 
 
 @dataclass(frozen=True)
@@ -125,6 +136,9 @@ class WorkflowBuilder:
                 "size": list(NOTE_SIZE), "flags": {}, "order": 0, "mode": 0, "inputs": [], "outputs": [],
                 "properties": {}, "widgets_values": [text],
             })
+        clashes = overlapping(ui_nodes)
+        if clashes:
+            raise WorkflowError(f"nodes overlap (ids): {clashes}; move them to other rows or columns")
         for order, ui_node in enumerate(sorted(ui_nodes, key=lambda d: (d["pos"][0], d["pos"][1]))):
             ui_node["order"] = order
         return {

@@ -21,13 +21,15 @@ from .specs.eos import (appendix_e_sos_eos_only, appendix_f_zero_noise, appendix
 from .specs.eos_families import flux_eos_swap_pooled, qwen_image_eos_swap_end_of_turn
 from .specs.families import (everyday_truncated_cfg_model_patch, qwen_image_truncated_cfg, sd3_eos_swap_ab,
                               sd35_truncated_cfg, wan21_t2v_truncated_cfg)
-from .specs.frequency_guidance import (fast_txt2img, fig2_frequency_over_sampling, fig7_text_only_late,
+from .specs.frequency_guidance import (custom_sampler_truncated_cfg_guider, fast_txt2img,
+                                       fig2_frequency_over_sampling, fig7_text_only_late,
                                        fig10_table2_truncation_sweep)
 
 WORKFLOW_BUILDERS = {
     "fig1_attention_maps_over_steps.json": fig1_attention_maps_over_steps,
     "fig2_frequency_over_sampling.json": fig2_frequency_over_sampling,
     "fast_txt2img_truncated_cfg.json": fast_txt2img,
+    "custom_sampler_truncated_cfg_guider.json": custom_sampler_truncated_cfg_guider,
     "fig10_table2_truncation_sweep.json": fig10_table2_truncation_sweep,
     "fig7_text_only_late.json": fig7_text_only_late,
     "fig4_eos_swap_bird_chair.json": fig4_eos_swap_bird_chair,

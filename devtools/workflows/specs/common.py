@@ -28,7 +28,7 @@ def side_by_side(b: WorkflowBuilder, images: list, column: int, title: str, pref
     """Stitch decoded images left to right in order and save the strip."""
     strip = images[0].out(0)
     for k, image in enumerate(images[1:]):
-        strip = b.add("ImageStitch", f"Side by side ({k + 2} images)", column, k * 0.5, size=(260, 130),
+        strip = b.add("ImageStitch", f"Side by side ({k + 2} images)", column, k * 0.7, size=(260, 130),
                       image1=strip, image2=image.out(0), direction="right", match_image_size=True,
                       spacing_width=8, spacing_color="white").out(0)
     b.add("SaveImage", title, column + 1, 0, size=(480, 300), images=strip, filename_prefix=prefix)

@@ -7,6 +7,10 @@ from .common import BIRD, BUTTERFLY, CHAIR, DEFAULT_CKPT, SKYLINE, side_by_side
 SWAP_DEFAULTS = {"eos_from": "B", "sem_from": "A", "sos_from": "A", "padding_is_eos": True, "layout": "prompt A",
                  "sem_repeats": 1, "apply_to": "keys and values", "start_percent": 0.0, "end_percent": 1.0,
                  "pooled_from": "B", "noise_seed": 0}
+# The width its token table opens to (js/token_table.js): a narrower node would widen over its neighbour.
+SWAP_SIZE = (420, 800)
+# Rows from one swap node to the next in a column: Nodes 2.0 draws it taller than 800 (about 850).
+SWAP_ROWS = 3.0
 
 
 class _SwapSheet:
@@ -28,7 +32,7 @@ class _SwapSheet:
         return self.b.add("CLIPTextEncode", title, 1, row, size=(320, 120), text=text, clip=self.ckpt.out(1))
 
     def swap(self, title: str, a: str, b: str, row: float, **opts):
-        return self.b.add("EOSSwapConditioning", title, 2, row, size=(340, 800), clip=self.ckpt.out(1),
+        return self.b.add("EOSSwapConditioning", title, 2, row, size=SWAP_SIZE, clip=self.ckpt.out(1),
                           prompt_a=a, prompt_b=b, **{**SWAP_DEFAULTS, **opts})
 
     def image(self, title: str, positive, row: float):
@@ -54,7 +58,7 @@ def _fig4(info: dict, name: str, a: str, b: str, label_a: str, label_b: str) -> 
     s = _SwapSheet(info, name)
     pa, pb = s.text(f"Prompt A ({label_a})", a, 0), s.text(f"Prompt B ({label_b})", b, 0.5)
     ab = s.swap(f"{label_a} + [EOS] of {label_b}", a, b, 1)
-    ba = s.swap(f"{label_b} + [EOS] of {label_a}", b, a, 3.8)
+    ba = s.swap(f"{label_b} + [EOS] of {label_a}", b, a, 1 + SWAP_ROWS)
     s.image(label_a, pa.out(0), 0)
     s.image(label_b, pb.out(0), 1)
     s.image(f"{label_a} + EOS {label_b}", ab.out(0), 2)
@@ -79,7 +83,7 @@ def fig5_eos_swap_first_steps(info: dict) -> dict:
     s.image("bird, no swap", pa.out(0), 0)
     for k, end in enumerate((0.1, 0.2, 0.4, 1.0)):
         title = f"bird + EOS chair, first {round(end * 100)}% of steps"
-        swap = s.swap(title, BIRD, CHAIR, 1 + 2.8 * k, end_percent=end)
+        swap = s.swap(title, BIRD, CHAIR, 1 + SWAP_ROWS * k, end_percent=end)
         s.image(f"EOS chair for the first {round(end * 100)}%", swap.out(0), k + 1)
     return s.finish(
         "ShapeFirst - Fig. 5/6 of Yi et al.: the text acts in the first steps. \"[SOS] + bird + [EOS] of chair\" is "
@@ -92,8 +96,8 @@ def appendix_e_sos_eos_only(info: dict) -> dict:
     s = _SwapSheet(info, "appendix_e_sos_eos_only")
     pa = s.text("Prompt (bird)", BIRD, 0)
     sos = s.swap("77 x [SOS] of the prompt", BIRD, BIRD, 1, layout="77 x [SOS]", pooled_from="A")
-    eos = s.swap("[SOS] + 76 x [EOS] of the prompt", BIRD, BIRD, 3.8, layout="[SOS] + 76 x [EOS]", eos_from="A",
-                 pooled_from="A")
+    eos = s.swap("[SOS] + 76 x [EOS] of the prompt", BIRD, BIRD, 1 + SWAP_ROWS, layout="[SOS] + 76 x [EOS]",
+                 eos_from="A", pooled_from="A")
     s.image("prompt", pa.out(0), 0)
     s.image("77 x [SOS]", sos.out(0), 1)
     s.image("[SOS] + 76 x [EOS]", eos.out(0), 2)
@@ -110,7 +114,7 @@ def appendix_f_zero_noise(info: dict) -> dict:
     variants = [("Sem + Zero", {"eos_from": "zeros"}), ("Sem + Rand", {"eos_from": "noise"}),
                 ("Zero + EOS", {"sem_from": "zeros", "eos_from": "A"}), ("Rand + EOS", {"sem_from": "noise", "eos_from": "A"})]
     for k, (title, opts) in enumerate(variants):
-        swap = s.swap(title, BIRD, BIRD, 1 + 2.8 * k, pooled_from="A", **opts)
+        swap = s.swap(title, BIRD, BIRD, 1 + SWAP_ROWS * k, pooled_from="A", **opts)
         s.image(title, swap.out(0), k + 1)
     return s.finish(
         "ShapeFirst - Appendix F (Table 3) of Yi et al.: semantic tokens or [EOS] replaced by zeros or by Gaussian "
@@ -127,7 +131,7 @@ def appendix_g_keys_values(info: dict) -> dict:
     s.image("bird", pa.out(0), 0)
     s.image("chair", pb.out(0), 1)
     for k, mode in enumerate(("keys only", "values only", "keys and values")):
-        swap = s.swap(f"bird + EOS chair in {mode}", BIRD, CHAIR, 1 + 2.8 * k, apply_to=mode)
+        swap = s.swap(f"bird + EOS chair in {mode}", BIRD, CHAIR, 1 + SWAP_ROWS * k, apply_to=mode)
         s.image(f"EOS chair, {mode}", swap.out(0), k + 2)
     return s.finish(
         "ShapeFirst - Appendix G (Table 4) of Yi et al.: where the [EOS] swap acts in cross-attention. Keys only: "

@@ -23,7 +23,7 @@ def flux_eos_swap_pooled(info: dict) -> dict:
     b = WorkflowBuilder(info)
     unet = b.add("UNETLoader", "Load Diffusion Model (Flux dev)", 0, 0, size=(320, 100), unet_name=FLUX_UNET,
                  weight_dtype="default")
-    clip = b.add("DualCLIPLoader", "Text encoders (clip_l, t5xxl; type flux)", 0, 0.5, size=(320, 130),
+    clip = b.add("DualCLIPLoader", "Text encoders (clip_l, t5xxl; type flux)", 0, 0.45, size=(320, 130),
                  clip_name1=FLUX_TEXT_ENCODERS[0], clip_name2=FLUX_TEXT_ENCODERS[1], type="flux", device="default")
     vae = b.add("VAELoader", "Load VAE (Flux)", 0, 1, size=(320, 60), vae_name=FLUX_VAE)
     neg = b.add("CLIPTextEncode", "Empty negative prompt (unused at cfg 1)", 0, 1.5, size=(320, 120), text="",

@@ -33,7 +33,8 @@ RANDOM_WEIGHTS = ("Tested with random-weight models of the real architectures (t
 
 
 def _patch(b: WorkflowBuilder, model, column: int, row: float, title: str, window: dict):
-    return b.add("TruncatedCFGModel", title, column, row, size=(340, 330), model=model, **window)
+    # the size its guidance report opens to after a run (js/shapefirst.js), reserved
+    return b.add("TruncatedCFGModel", title, column, row, size=(440, 800), model=model, **window)
 
 
 def _decode_save(b: WorkflowBuilder, samples, vae, column: int, prefix: str):
@@ -169,7 +170,7 @@ def sd3_eos_swap_ab(info: dict) -> dict:
     ckpt, clip, sampling, _, neg, latent = _sd3_base(b, "")
     pa = b.add("CLIPTextEncode", "Prompt A (bird)", 2, 0, size=(320, 120), text=BIRD, clip=clip.out(0))
     pb = b.add("CLIPTextEncode", "Prompt B (chair)", 2, 0.5, size=(320, 120), text=CHAIR, clip=clip.out(0))
-    swap = b.add("EOSSwapConditioning", "bird + [EOS] of chair", 2, 1, size=(340, 800), clip=clip.out(0),
+    swap = b.add("EOSSwapConditioning", "bird + [EOS] of chair", 2, 1, size=(420, 800), clip=clip.out(0),
                  prompt_a=BIRD, prompt_b=CHAIR, eos_from="B", sem_from="A", sos_from="A", padding_is_eos=True,
                  layout="prompt A", sem_repeats=1, apply_to="keys and values", start_percent=0.0, end_percent=1.0,
                  pooled_from="B", noise_seed=0, swap_encoders="all")
