@@ -18,10 +18,19 @@ How it reaches exactly the right rows:
   each block's ``cross_attn.forward`` is object-patched instead. For the mapped chunks it embeds the
   Values context with the model's own ``text_embedding`` (once per model call, cached in that call's
   ``transformer_options``) and projects V from it; K, Q and every other chunk are the block's own.
-  Other models (SD3, Flux, PixArt, Wan I2V) are refused.
+* PixArt's cross-attention (K and V projected together by ``kv_linear`` from the caption embedded by
+  ``y_embedder``) calls no attn2 patch and is handed no ``transformer_options``: a keyed APPLY_MODEL
+  wrapper keeps each model call's ``transformer_options`` for the blocks, in the calling thread
+  (restored when the call returns), and each block's ``cross_attn.forward`` is object-patched. For the
+  mapped chunks it embeds the Values context with the model's own ``y_embedder`` (once per model call,
+  cached as for Wan), takes K from ``kv_linear`` of the block's context and V from ``kv_linear`` of the
+  Values; Q, the attention and every other chunk are the block's own.
+  Other models (SD3, Flux, Wan I2V) are refused.
 """
 
 from __future__ import annotations
+
+import threading
 
 import torch
 
@@ -34,7 +43,8 @@ NODE = "EOSSwapKVPatch"
 WRAPPER_KEY = f"{KEY_PREFIX}eos_swap.kv"
 MAP_KEY = f"{KEY_PREFIX}eos_swap.values_by_uuid"
 WARNED_KEY = f"{KEY_PREFIX}eos_swap.warned"
-EMBED_KEY = f"{KEY_PREFIX}eos_swap.embedded_values"  # Wan: per model call, uuid -> embedded Values context
+EMBED_KEY = f"{KEY_PREFIX}eos_swap.embedded_values"  # Wan, PixArt: per model call, uuid -> embedded Values context
+_PIXART_CALL = threading.local()  # PixArt: ``options``, the transformer_options of this thread's model call
 
 
 def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -169,20 +179,94 @@ def _wan_blocks(net) -> list | None:
     return list(range(len(blocks)))
 
 
-def patch_model(model):
-    """A clone of ``model`` with the wrapper and the attn2 patch (applying twice replaces, adds nothing)."""
-    import comfy.patcher_extension
+def pixart_apply_model(executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
+    """PixArt hands its blocks no ``transformer_options``: keep this call's for them, in this thread."""
+    previous = getattr(_PIXART_CALL, "options", None)
+    _PIXART_CALL.options = transformer_options
+    try:
+        return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+    finally:
+        _PIXART_CALL.options = previous
 
-    m = patched_clone(model, WRAPPER_KEY, {comfy.patcher_extension.WrappersMP.CALC_COND_BATCH: calc_cond_batch_wrapper})
-    net = m.model.diffusion_model
-    wan = _wan_blocks(net)
-    if wan is None:
+
+def _pixart_cross_attention(net, module, previous):
+    """``forward`` of one PixArt block's cross-attention: K from ``kv_linear`` of the block's context,
+    V from ``kv_linear`` of the mapped chunks' embedded Values context."""
+    import comfy.ldm.pixart.blocks as pixart_blocks  # its attention function, looked up at call time as the block does
+
+    def original(x, cond, mask=None):
+        if previous is not None:
+            return previous(x, cond, mask)
+        return type(module).forward(module, x, cond, mask)
+
+    def forward(x, cond, mask=None):
+        options = getattr(_PIXART_CALL, "options", None) or {}
+        mapping, uuids = options.get(MAP_KEY), options.get("uuids")
+        b, _, c = x.shape
+        if not mapping or not uuids or mask is not None or cond.shape[1] % b:
+            return original(x, cond, mask)
+        cache = options.setdefault(EMBED_KEY, {})
+
+        def embed(u, values):
+            if u not in cache:
+                cache[u] = net.y_embedder(values.to(device=cond.device, dtype=cond.dtype), net.training)
+            return cache[u]
+
+        values = _replace_chunks(cond.view(b, -1, c), uuids, mapping, embed)  # the batch's rows, one per image
+        if values is None:
+            return original(x, cond, mask)
+        heads, dim = module.num_heads, module.head_dim
+        q = module.q_linear(x).view(1, -1, heads, dim)
+        k = module.kv_linear(cond).view(1, -1, 2, heads, dim).unbind(2)[0]
+        v = module.kv_linear(values.reshape(1, -1, c)).view(1, -1, 2, heads, dim).unbind(2)[1]
+        out = pixart_blocks.optimized_attention(q.view(b, -1, c), k.view(b, -1, c), v.view(b, -1, c), heads, mask=None)
+        return module.proj_drop(module.proj(out))
+
+    return forward
+
+
+def _pixart_blocks(net) -> list | None:
+    """Indices of a PixArt network's blocks (None: not one, or a caption embedder or cross-attention of another kind)."""
+    try:
+        from comfy.ldm.pixart.blocks import CaptionEmbedder, MultiHeadCrossAttention
+        from comfy.ldm.pixart.pixartms import PixArtMS
+    except ImportError:
+        return None
+    if not isinstance(net, PixArtMS) or type(getattr(net, "y_embedder", None)) is not CaptionEmbedder:
+        return None
+    blocks = list(getattr(net, "blocks", []))
+    if not blocks or any(type(b.cross_attn) is not MultiHeadCrossAttention for b in blocks):
+        return None
+    return list(range(len(blocks)))
+
+
+def _block_patches(net):
+    """(block indices, factory of a block's cross-attention ``forward``) for Wan T2V and PixArt; None otherwise."""
+    for blocks, make in ((_wan_blocks(net), _wan_cross_attention), (_pixart_blocks(net), _pixart_cross_attention)):
+        if blocks is not None:
+            return blocks, make
+    return None
+
+
+def patch_model(model):
+    """A clone of ``model`` with the wrappers and the attn2 patch or the blocks' object patches (applying
+    twice replaces, adds nothing)."""
+    import comfy.patcher_extension as pe
+
+    net = model.get_model_object("diffusion_model")
+    wrappers = {pe.WrappersMP.CALC_COND_BATCH: calc_cond_batch_wrapper}
+    if _pixart_blocks(net) is not None:
+        wrappers[pe.WrappersMP.APPLY_MODEL] = pixart_apply_model
+    m = patched_clone(model, WRAPPER_KEY, wrappers)
+    blocks = _block_patches(net)
+    if blocks is None:
         set_attn2_patch(m, kv_attn2_patch, WRAPPER_KEY)
         return m
-    for i in wan:
+    indices, make = blocks
+    for i in indices:
         module = net.blocks[i].cross_attn
         chain_object_patch(m, f"diffusion_model.blocks.{i}.cross_attn.forward",
-                           lambda previous, module=module: _wan_cross_attention(net, module, previous), WRAPPER_KEY)
+                           lambda previous, module=module: make(net, module, previous), WRAPPER_KEY)
     return m
 
 
@@ -198,7 +282,7 @@ class EOSSwapKVPatch(io.ComfyNode):
                 "Appendix G): cross-attention then computes its Keys from one context and its Values from the "
                 "other, for that conditioning only. The negative prompt and any other conditioning keep their own "
                 "context; without such a conditioning the model samples exactly as before. UNet models (SD1.x, "
-                "SD2.x, SDXL) and Wan text-to-video."
+                "SD2.x, SDXL), PixArt and Wan text-to-video."
             ),
             inputs=[io.Model.Input("model", tooltip="The model to sample with. It is cloned, never modified.")],
             outputs=[io.Model.Output("patched_model", display_name="model",
@@ -213,12 +297,12 @@ class EOSSwapKVPatch(io.ComfyNode):
 
 def check_model(model) -> None:
     """Refuse models whose Keys and Values this patch cannot split (the Keys-only / Values-only swap
-    would silently act on both or on neither): those neither UNets (attn2 patches) nor Wan T2V."""
+    would silently act on both or on neither): those neither UNets (attn2 patches) nor PixArt nor Wan T2V."""
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     net = getattr(getattr(model, "model", None), "diffusion_model", None)
-    if not isinstance(net, UNetModel) and _wan_blocks(net) is None:
+    if not isinstance(net, UNetModel) and _block_patches(net) is None:
         raise ShapeFirstInputError(NODE, f"this model's network ({type(net).__name__}) has no cross-attention with "
                                          "Keys and Values this patch can split; it works with UNet models (SD1.x, "
-                                         "SD2.x, SDXL) and Wan text-to-video. Remove it and use EOS Swap "
+                                         "SD2.x, SDXL), PixArt and Wan text-to-video. Remove it and use EOS Swap "
                                          "Conditioning with apply_to 'keys and values' on this model.")

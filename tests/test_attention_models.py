@@ -1,9 +1,8 @@
 """Tier 2: AttentionMapCapture on the other supported UNets (SD2.x, SDXL) and on PixArt.
 
 SD2.x and SDXL run from tiny random-weight checkpoints through ComfyUI's graph executor.
-PixArt has no loadable tiny checkpoint (its T5-XXL text encoder alone is 4.7 B parameters):
-the test builds ComfyUI's own PixArt class at a tiny size with seeded weights and samples it
-with ComfyUI's sampler and conditioning tensors in place of T5 outputs.
+PixArt has no loadable tiny checkpoint: the test samples the tiny seeded PixArt of
+``tiny_pixart.py`` with ComfyUI's sampler and conditioning tensors in place of T5 outputs.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ import pytest
 import torch
 
 import graphs
+from tiny_pixart import tiny_pixart
 
 pytestmark = pytest.mark.comfy
 
@@ -47,28 +47,12 @@ def test_sd2x_and_sdxl_captures(comfy, request, kind, layers, grid):
             assert torch.allclose(sums, torch.ones_like(sums), atol=1e-3)
 
 
-def _tiny_pixart():
-    import comfy.model_patcher as mp
-    import comfy.supported_models as sm
-
-    config = sm.PixArtAlpha({"image_model": "pixart_alpha", "hidden_size": 64, "depth": 2, "num_heads": 4,
-                             "patch_size": 2, "in_channels": 4, "caption_channels": 32, "model_max_length": 120,
-                             "micro_condition": False})
-    config.set_inference_dtype(torch.float32, None)
-    model = config.get_model({})
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.diffusion_model.parameters():  # ComfyUI creates layers empty: seed every tensor
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return mp.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
-
-
 def test_pixart_cross_attention_is_captured_through_an_object_patch(comfy):
     import comfy.sample
     import nodes
     from comfy.ldm.pixart.blocks import MultiHeadCrossAttention
 
-    pixart = _tiny_pixart()
+    pixart = tiny_pixart()
     out = nodes.NODE_CLASS_MAPPINGS["AttentionMapCapture"].execute(pixart, **CAPTURE)
     captured, rec = out.args
     blocks = pixart.model.diffusion_model.blocks
