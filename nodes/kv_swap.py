@@ -212,7 +212,7 @@ def _pixart_cross_attention(net, module, previous):
                 cache[u] = net.y_embedder(values.to(device=cond.device, dtype=cond.dtype), net.training)
             return cache[u]
 
-        values = _replace_chunks(cond.view(b, -1, c), uuids, mapping, embed)  # the batch's rows, one per image
+        values = _replace_chunks(cond.reshape(b, -1, c), uuids, mapping, embed)  # cond: (1, b * tokens, c)
         if values is None:
             return original(x, cond, mask)
         heads, dim = module.num_heads, module.head_dim
