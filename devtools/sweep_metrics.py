@@ -83,6 +83,12 @@ class GraphClipVision:
             path.unlink(missing_ok=True)
 
 
+def _projected(features):
+    """The projected CLIP embeddings from ``get_image_features`` / ``get_text_features``: a tensor in
+    transformers 4, a model output whose ``pooler_output`` holds them in transformers 5."""
+    return getattr(features, "pooler_output", features)
+
+
 class HFTextClip:
     """Text-CLIPScore with a local transformers CLIP folder (text and vision towers that match)."""
 
@@ -105,8 +111,9 @@ class HFTextClip:
         with torch.no_grad():
             inputs = self.proc(text=[text], images=[(image * 255).round().astype(np.uint8)], return_tensors="pt",
                                padding=True, truncation=True)
-            img = self.model.get_image_features(pixel_values=inputs["pixel_values"])
-            txt = self.model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+            img = _projected(self.model.get_image_features(pixel_values=inputs["pixel_values"]))
+            txt = _projected(self.model.get_text_features(input_ids=inputs["input_ids"],
+                                                          attention_mask=inputs["attention_mask"]))
         return 100.0 * max(pure.cosine(img[0].numpy(), txt[0].numpy()), 0.0)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..graph import Graph, is_link
+from ..paths import PACK_DIR_NAME
 from .convert import WorkflowError, inputs_in_order, is_widget
 
 X0, Y0 = 40, 60  # position of grid cell (0, 0)
@@ -129,6 +130,13 @@ class WorkflowBuilder:
         for ui_node in ui_nodes:
             for out in ui_node["outputs"]:
                 out["links"] = outgoing.get((ui_node["id"], out["slot_index"]), [])
+            info = self.object_info[ui_node["type"]]
+            if (info.get("output_node") and not str(info.get("python_module", "")).endswith(PACK_DIR_NAME)
+                    and not any(out["links"] for out in ui_node["outputs"])):
+                # a core output node's unused outputs are left out: hosts differ there (SaveImage has no
+                # output in ComfyUI 0.3.75 and an IMAGE pass-through in newer ones), so that the generated
+                # files are the same on every host (the browser tier loads them on both)
+                ui_node["outputs"] = []
         count = len(ui_nodes)
         for k, (text, column, row) in enumerate(self.notes):
             ui_nodes.append({
