@@ -95,21 +95,12 @@ def test_refusals_name_the_node_and_the_fix(comfy, clips, name, opts, message):
         Swap(comfy, name, BIRD, CHAIR, **opts)
 
 
-class HeldConditioning:
+class HeldConditioning(text_encoders.Held):
     """Test only: hands the graph a conditioning built in the test (the expected rows)."""
 
     NODE_ID = "ShapeFirstTestHeldConditioning"
     VALUES: dict = {}
     RETURN_TYPES = ("CONDITIONING",)
-    FUNCTION = "load"
-    CATEGORY = "testing"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"name": ("STRING", {"default": ""})}}
-
-    def load(self, name):
-        return (self.VALUES[name],)
 
 
 def test_wan_swap_samples_like_its_expected_rows(comfy, clips, spm, family_models):

@@ -86,13 +86,13 @@ def flux(seed: int = 12):
     return _build(flux_te.flux_clip(), flux_te.FluxTokenizer, seed)
 
 
-class HeldCLIP:
-    """A test-only loader node: returns a CLIP built here, so graphs with core CLIPTextEncode and
-    the pack's nodes run through ComfyUI's real validator and executor on it."""
+class Held:
+    """A test-only node that hands the graph a value built in the test, by name (subclasses set the
+    node id, the type and their own dict of values)."""
 
-    NODE_ID = "ShapeFirstTestHeldCLIP"
-    CLIPS: dict = {}
-    RETURN_TYPES = ("CLIP",)
+    NODE_ID = ""
+    VALUES: dict = {}
+    RETURN_TYPES: tuple = ()
     FUNCTION = "load"
     CATEGORY = "testing"
 
@@ -101,7 +101,17 @@ class HeldCLIP:
         return {"required": {"name": ("STRING", {"default": ""})}}
 
     def load(self, name):
-        return (self.CLIPS[name],)
+        return (self.VALUES[name],)
+
+
+class HeldCLIP(Held):
+    """A test-only loader node: returns a CLIP built here, so graphs with core CLIPTextEncode and
+    the pack's nodes run through ComfyUI's real validator and executor on it."""
+
+    NODE_ID = "ShapeFirstTestHeldCLIP"
+    CLIPS: dict = {}
+    VALUES = CLIPS
+    RETURN_TYPES = ("CLIP",)
 
 
 def register_held_clips(**clips) -> None:
