@@ -32,18 +32,28 @@ def quiet_logs() -> None:
     logging.basicConfig(level=os.environ.get("SHAPEFIRST_LOG", "WARNING"))
 
 
+def importable(rt: Runtime | None = None, cpu: bool = True) -> None:
+    """Make ComfyUI's packages (``comfy``, ``folder_paths``...) importable in this process without
+    booting it: what the model builders need before any graph runs (a fresh clone builds its demo
+    checkpoint before, or without, the harness). ``cpu`` is the device choice ``boot`` would make;
+    it is read once, when ``comfy.model_management`` is first imported."""
+    rt = rt or runtime()
+    comfyui = str(Path(rt.comfyui))
+    if comfyui not in sys.path:
+        sys.path.insert(0, comfyui)
+    import comfy.cli_args
+
+    if "comfy.model_management" not in sys.modules:
+        comfy.cli_args.args.cpu = cpu
+
+
 def boot(work_dir: Path, output_dir: Path | None = None, checkpoints_dir: Path | None = None,
          cpu: bool = True, pack: bool = True, rt: Runtime | None = None):
     """Import ComfyUI from the runtime, point its folders at ``work_dir``, load its extra nodes
     and (``pack``) this pack through ComfyUI's own loader. Returns ComfyUI's ``nodes`` module."""
     rt = rt or runtime()
     comfyui = Path(rt.comfyui)
-    if str(comfyui) not in sys.path:
-        sys.path.insert(0, str(comfyui))
-    import comfy.cli_args
-
-    if "comfy.model_management" not in sys.modules:
-        comfy.cli_args.args.cpu = cpu  # read once, when comfy.model_management is first imported
+    importable(rt, cpu)
     import utils.extra_config  # noqa: F401  (before `nodes`, or `utils` resolves to comfy/utils.py)
     import folder_paths
 

@@ -12,8 +12,8 @@ under a fixed seed, and save them in the single-file checkpoint layout that Comf
 * the VAE is a TAESD (``first_stage_model.taesd_encoder/decoder...``), which ComfyUI builds instead
   of the 84 M parameter AutoencoderKL.
 
-Adding an architecture = one ``SPECS`` entry. ComfyUI must be booted first (devtools.boot.boot:
-importable, CPU forced without a GPU).
+Adding an architecture = one ``SPECS`` entry. The builders make ComfyUI importable themselves
+(devtools.boot.importable), so they work before or without a booted harness.
 """
 
 from __future__ import annotations
@@ -267,6 +267,9 @@ def _ensure_file(path: Path, builder) -> Path:
     callers never see a partial file."""
     if path.exists():
         return path
+    from .boot import importable
+
+    importable()  # a first run builds before any harness boots ComfyUI
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

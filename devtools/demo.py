@@ -59,8 +59,10 @@ def _checkpoint(args, rt: Runtime) -> tuple[Path, bool]:
         return ckpt, False
     from . import checkpoints
 
-    print("demo: building the random-weight demo checkpoint (once, about 10 s)...", flush=True)
-    return checkpoints.ensure_checkpoint("sd15", Path(rt.models) / "checkpoints"), True
+    folder = Path(rt.models) / "checkpoints"
+    if not (folder / checkpoints.checkpoint_name("sd15")).exists():
+        print("demo: building the random-weight demo checkpoint (once, about 10 s)...", flush=True)
+    return checkpoints.ensure_checkpoint("sd15", folder), True
 
 
 def _workflows(only: str | None) -> list[Path]:
