@@ -2,8 +2,9 @@
 
 The ComfyUI is the runtime of devtools/runtime.py: the default 0.3.75 one, $COMFYUI_PATH, or the
 one built for the ComfyUI source in $SHAPEFIRST_COMFYUI_SRC (``bash scripts/test.sh --comfyui-src DIR``).
-Test checkpoints are seeded random-weight models of the real SD architectures, built once
-and cached under the runtime's models folder (.runtime/models/checkpoints).
+Test checkpoints are seeded random-weight models of the real SD architectures, built once per
+ComfyUI host and cached in that host's models folder (.runtime/models/comfyui-<version>/checkpoints;
+$SHAPEFIRST_MODELS_DIR replaces .runtime/models).
 """
 
 from __future__ import annotations
