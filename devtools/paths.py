@@ -25,7 +25,7 @@ def host_models(comfyui_version: str) -> Path:
 
 OUTPUT = REPO / "output"
 DEMO_OUTPUT = OUTPUT / "demo"
-UI_BASE = RUNTIME_DIR / "ui"  # base folder of the server started by ``demo.py --ui``
+UI_BASE = Path(os.environ.get("SHAPEFIRST_UI_DIR", RUNTIME_DIR / "ui"))  # base folder of ``demo.py --ui``'s server
 TEST_OUTPUT = Path(os.environ.get("SHAPEFIRST_TEST_OUTPUT", REPO / "test-output"))
 
 # Shipped workflows, in the folder name ComfyUI prefers (0.3.75 lists it too).

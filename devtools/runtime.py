@@ -347,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--print-python", action="store_true", help="print only the runtime's python path")
     ap.add_argument("--comfyui-src", metavar="DIR",
-                    help=f"build (or reuse) a runtime for this ComfyUI source folder (also: ${SRC_ENV})")
+                    help=f"build (or reuse) a runtime for this ComfyUI source folder (also: ${SRC_ENV}; default: "
+                         f"$COMFYUI_PATH if set, else ComfyUI {COMFYUI_VERSION} built in {RUNTIME_DIR})")
     args = ap.parse_args(argv)
     try:
         rt = ensure_runtime(args.comfyui_src)
