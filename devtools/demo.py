@@ -136,7 +136,7 @@ def run_headless(args, rt: Runtime) -> int:
     mode = "full (the paper's step counts)" if args.full else f"quick (at most {QUICK_STEPS} steps per sampler)"
     print(f"demo: {len(files)} workflow(s), {mode}, images {size or 'as in each workflow'} px, "
           f"{torch.get_num_threads()} torch thread(s)", flush=True)
-    rows, failures = [], 0
+    rows, peaks, failures = [], [], 0
     wall0, cpu0 = time.perf_counter(), time.process_time()
     for k, path in enumerate(files, 1):
         prompt = ui_to_api(json.loads(path.read_text()), info)
@@ -145,6 +145,7 @@ def run_headless(args, rt: Runtime) -> int:
         h.release()  # the next workflow starts without this one's models and outputs
         failures += status == "FAILED"
         rows.append((path.stem, status, time.perf_counter() - t0, time.process_time() - c0, saved, notes))
+        peaks.append(_peak_mb())  # the process's peak so far: the workflow that raises it holds the most
         elapsed = time.perf_counter() - wall0
         left = elapsed / k * (len(files) - k)
         print(f"demo: [{k}/{len(files)}] {path.stem} {status} in {rows[-1][2]:.1f}s"
@@ -158,8 +159,9 @@ def run_headless(args, rt: Runtime) -> int:
     summary_path = out / name
     summary_path.write_text(summary(rows, ckpt, is_demo, mode, size, steps, total, peak))
     summary_path.with_suffix(".json").write_text(json.dumps(
-        {"workflows": [{"name": r[0], "result": r[1], "seconds": r[2], "cpu_seconds": r[3], "saved": r[4]}
-                       for r in rows], "seconds": total[0], "cpu_seconds": total[1], "peak_rss_mb": peak}, indent=1))
+        {"workflows": [{"name": r[0], "result": r[1], "seconds": r[2], "cpu_seconds": r[3], "saved": r[4],
+                        "peak_rss_mb_so_far": p} for r, p in zip(rows, peaks)],
+         "seconds": total[0], "cpu_seconds": total[1], "peak_rss_mb": peak}, indent=1))
     print(f"demo: {sum(r[1] == 'ok' for r in rows)} of {len(rows)} workflows ran in {_duration(total[0])} "
           f"(CPU time {_duration(total[1])})" + (f", peak memory {peak:.0f} MB" if peak else "")
           + f"; summary: {summary_path}", flush=True)

@@ -55,7 +55,7 @@ def describe(ui: dict, messages: list, out: Path, temp_dir: Path, name: str) -> 
     """Markdown lines for one workflow's results: its images and data files (relative links; temp
     previews copied to ``out/previews/<name>/``) and the pack's reports."""
     notes = []
-    for node_id, payload in ui.items():
+    for node_id, payload in sorted(ui.items(), key=lambda item: _node_order(item[0])):
         for image in payload.get("images", []):
             path = _image_path(image, out, temp_dir, name, node_id)
             notes.append(f"node {node_id}: {_link(out, path, image=True)}")
@@ -71,8 +71,13 @@ def describe(ui: dict, messages: list, out: Path, temp_dir: Path, name: str) -> 
         for table in payload.get("shapefirst_tokens", []):
             rows = sum(len(e.get("rows", [])) for e in table.get("encoders", []))
             notes.append(f"node {node_id}: EOS swap, {rows} token rows; {table.get('title', '')}")
-    notes += [_guidance_line(nid, r) for nid, r in guidance_reports(ui, messages)]
-    return notes
+    reports = sorted(guidance_reports(ui, messages), key=lambda item: _node_order(item[0]))
+    return notes + [_guidance_line(nid, r) for nid, r in reports]
+
+
+def _node_order(node_id: str) -> tuple:
+    """Node ids in numeric order ("12:4", a node inside a subgraph, after 12)."""
+    return tuple(int(p) if p.isdigit() else 0 for p in str(node_id).split(":"))
 
 
 def _image_path(image: dict, out: Path, temp_dir: Path, name: str, node_id: str) -> Path:
@@ -103,7 +108,7 @@ def summary(rows, ckpt: Path, is_demo: bool, mode: str, size, steps, total, peak
     if truncated:
         best = max(truncated, key=lambda t: t[1])
         lines += [f"**Truncated guidance** (the paper's eq. 9: guidance only in the first steps) ran in "
-                  f"{len(truncated)} workflows and saved up to {100 * best[1]:.1f}% of plain CFG's model work "
+                  f"{len(truncated)} workflow(s) and saved up to {100 * best[1]:.1f}% of plain CFG's model work "
                   f"({best[0]}); each workflow's share is in the table, each node's report below.", ""]
     if is_demo:
         lines += [f"> {RANDOM_WEIGHTS_NOTE}", ""]
