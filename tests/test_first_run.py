@@ -132,10 +132,10 @@ def test_own_checkpoint_builds_nothing_and_skips_other_families(first_run, tmp_p
     ckpt = first_run["models"] / "checkpoints" / checkpoints.checkpoint_name("sd15")
     models, out = tmp_path / "models", tmp_path / "out"
     proc = _run(["scripts/demo.py", "--ckpt", str(ckpt), "--size", "64", "--out", str(out),
-                 "--only", "fig4_eos_swap_bird_chair", "--only", "sd35_truncated_cfg"],
+                 "--only", "fast_txt2img_truncated_cfg", "--only", "sd35_truncated_cfg"],
                 _env(SHAPEFIRST_MODELS_DIR=str(models)), timeout=600)
     assert "building" not in proc.stdout
-    assert "[1/2] fig4_eos_swap_bird_chair ok" in proc.stdout and "[2/2] sd35_truncated_cfg skipped" in proc.stdout
+    assert "[1/2] fast_txt2img_truncated_cfg ok" in proc.stdout and "[2/2] sd35_truncated_cfg skipped" in proc.stdout
     assert _files(models) == set()
 
 
@@ -193,7 +193,8 @@ def test_workflow_generator_from_a_fresh_process(tmp_path):
 @pytest.mark.parametrize("args", [
     ["benchmarks/frequency_split.py", "--size", "64", "--repeats", "1"],
     ["benchmarks/attention_capture.py", "--steps", "1", "--rounds", "1"],
-    ["benchmarks/truncated_cfg.py", "--quick", "--size", "64", "--rounds", "1", "--peer-steps", "4"],
+    ["benchmarks/truncated_cfg.py", "--quick", "--size", "64", "--rounds", "1", "--peer-steps", "10"],
+    ["benchmarks/demo_memory.py", "--only", "sd35_truncated_cfg"],
 ], ids=lambda a: Path(a[0]).stem)
 def test_benchmark_runs_from_an_empty_models_folder(args, tmp_path):
     proc = _run(args, _env(SHAPEFIRST_MODELS_DIR=str(tmp_path)), timeout=900)
