@@ -9,10 +9,17 @@ $SHAPEFIRST_MODELS_DIR replaces .runtime/models).
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
+
+# One torch thread in every test process and in the servers and scripts they start (set before anything
+# imports torch): the tiny test models' operations are too small to share out, and a waiting OpenMP
+# thread spins. Measured on the 2-core machine under load: one test took 141 s of CPU time with two
+# threads and 27-31 s with one. Set OMP_NUM_THREADS yourself to choose otherwise.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # The one place the tests make the repository importable (`devtools`, `shapefirst`). Appended,
 # never prepended: ComfyUI's own top-level `nodes` module must win over this repository's `nodes/`.
