@@ -147,8 +147,12 @@ def _harness(out: Path):
     return ComfyHarness(out / "metrics-comfy").boot()
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM: the same way out as Ctrl-C (jobs cancelled, local servers stopped), exit 143."""
+
+
 def _on_sigterm(signum, frame):
-    raise KeyboardInterrupt  # the same way out as Ctrl-C: jobs cancelled, local servers stopped
+    raise _Terminated
 
 
 def main(argv=None) -> int:
@@ -190,9 +194,9 @@ def main(argv=None) -> int:
     except (pure.SweepInputError, SweepError, FileNotFoundError) as exc:
         LOG.error("sweep: %s", exc)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         LOG.error(INTERRUPTED)
-        return 130
+        return 143 if isinstance(exc, _Terminated) else 130
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)

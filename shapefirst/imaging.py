@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw
 
 from . import text
 
-LABEL_HEIGHT = text.LINE + 2
+LABEL_HEIGHT = 16
 GAP = 4
 
 
