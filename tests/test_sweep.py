@@ -1,7 +1,7 @@
-"""The truncation sweep against real ComfyUI servers on 127.0.0.1 (tiny random SD1.5, 64 px, few steps):
-two module servers, servers the sweep starts itself, a real Ctrl-C to a real sweep process.
+"""The truncation sweep against two real ComfyUI servers on 127.0.0.1 (tiny random SD1.5, 64 px, few steps).
+The command line as a user runs it (real processes, real signals) is in test_sweep_cli.py.
 
-Order matters: the module's last test kills one of the two module servers by its PID.
+Order matters: the kill test stops one of the two module servers by its PID.
 """
 
 from __future__ import annotations
@@ -9,13 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import signal
-import subprocess
 import sys
-import threading
-import time
 import urllib.request
 from pathlib import Path
 
@@ -27,11 +23,8 @@ from devtools import sweep_cli, sweep_summary
 from devtools import sweep_metrics as metrics
 from shapefirst import sweep as pure
 from shapefirst import sweep_table
+from sweep_support import PROMPTS, STEPS, history_size, result_keys, settings, wait_history
 
-REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "scripts" / "sweep.py"
-STEPS = 4
-PROMPTS = "A dog standing on a bench during the day.\na blue bird\n"
 
 
 def _l1_only():
@@ -53,30 +46,16 @@ def servers(runtime_paths, checkpoints_dir, sd15_ckpt, tmp_path_factory):
             srv.stop()
 
 
-def _settings(ckpt, **kw):
-    return dsweep.Settings(ckpt, sampler="euler", scheduler="normal", steps=STEPS, cfg=7.5, width=64, height=64, **kw)
-
-
-def _history_size(srv) -> int:
-    with urllib.request.urlopen(srv.url + "/history", timeout=30) as r:
-        return len(json.loads(r.read()))
-
-
-def _result_keys(out: Path) -> list[str]:
-    lines = (out / "results.jsonl").read_text().splitlines()
-    return [json.loads(line)["key"] for line in lines if "key" in json.loads(line)]
-
-
 def test_sweep_on_two_servers_is_complete_matches_the_windows_and_resumes(servers, sd15_ckpt, tmp_path, output_dir):
     prompts = pure.parse_prompts(PROMPTS, default_seed=3)
     windows = pure.parse_windows(["a=2", "a=4"], STEPS)
     out = tmp_path / "sweep"
-    s = _settings(sd15_ckpt)
+    s = settings(sd15_ckpt)
     sweep = dsweep.Sweep(s, prompts, windows, [srv.url for srv in servers], out)
     records = sweep.run()
 
     expected = {f"p{p}|{w}" for p in range(2) for w in ("a=0", "a=2", "a=4")}
-    assert set(records) == expected and sorted(_result_keys(out)) == sorted(expected)  # each once
+    assert set(records) == expected and sorted(result_keys(out)) == sorted(expected)  # each once
     assert sweep.queued == 6 and sum(srv.done for srv in sweep.servers) == 6  # warm-ups are not images
     for p in range(2):  # every window of a prompt on the server of its a = 0 twin, in this run
         assert len({(r["server"], r["session"]) for r in records.values() if r["prompt_index"] == p}) == 1
@@ -94,11 +73,12 @@ def test_sweep_on_two_servers_is_complete_matches_the_windows_and_resumes(server
                                                                     "adaptive_threshold")}}
     graph["7"]["inputs"]["filename_prefix"] = "core_ksampler"
     core = servers[0].post_json("/prompt", {"prompt": graph})["prompt_id"]
-    hist = _wait_history(servers[0], core)
+    hist = wait_history(servers[0], core)
     ref = hist["outputs"]["7"]["images"][0]
     with urllib.request.urlopen(f"{servers[0].url}/view?filename={ref['filename']}&type=output") as resp:
         (tmp_path / "core.png").write_bytes(resp.read())
-    assert pure.l1(metrics.load_image(tmp_path / "core.png"), metrics.load_image(out / records["p0|a=0"]["image"])) == 0
+    ours = metrics.load_image(out / records["p0|a=0"]["image"])
+    assert sweep_table.l1(metrics.load_image(tmp_path / "core.png"), ours) == 0
 
     rows, per_window = metrics.score(records, out, _l1_only())
     assert all(r["l1"] == 0 for r in rows if r["window"] == "a=0")
@@ -112,27 +92,15 @@ def test_sweep_on_two_servers_is_complete_matches_the_windows_and_resumes(server
         shutil.copy(out / name, output_dir / name)
 
     # resume: a finished sweep queues nothing; an interrupted one only what is missing
-    before = [_history_size(srv) for srv in servers]
+    before = [history_size(srv) for srv in servers]
     again = dsweep.Sweep(s, prompts, windows, [srv.url for srv in servers], out)
     assert again.run() == records and again.queued == 0
-    assert [_history_size(srv) for srv in servers] == before
+    assert [history_size(srv) for srv in servers] == before
     lines = (out / "results.jsonl").read_text().splitlines(keepends=True)
     (out / "results.jsonl").write_text("".join(lines[:-2]) + lines[-2][:20])  # one lost, one torn
     third = dsweep.Sweep(s, prompts, windows, [srv.url for srv in servers], out)
     assert set(third.run()) == expected and third.queued == 2
-    assert len(_result_keys(out)) == 6
-
-
-def _wait_history(srv, prompt_id, timeout=120):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        h = srv.get_json(f"/history/{prompt_id}")
-        if prompt_id in h:
-            return h[prompt_id]
-        time.sleep(0.2)
-    raise AssertionError("the core graph did not finish")
+    assert len(result_keys(out)) == 6
 
 
 @pytest.mark.parametrize("case", ["unreachable", "checkpoint", "sampler", "empty", "window", "percent"])
@@ -150,11 +118,11 @@ def test_bad_input_fails_before_anything_is_queued(case, servers, sd15_ckpt, tmp
     fix = {"unreachable": "--port PORT, with --cpu on a machine without a GPU", "checkpoint": "models/checkpoints",
            "sampler": "Did you mean euler", "empty": "one prompt per line", "window": r"[0, 1]",
            "percent": "at least 12.5%"}[case]
-    before = _history_size(servers[0])
+    before = history_size(servers[0])
     with caplog.at_level(logging.ERROR, logger="shapefirst.sweep"):
         assert sweep_cli.main(argv) == 2
     assert fix in caplog.text
-    assert _history_size(servers[0]) == before
+    assert history_size(servers[0]) == before
     assert not (tmp_path / "out" / "results.jsonl").exists()
 
 
@@ -189,12 +157,12 @@ def test_image_clipscore_through_core_clip_vision_encode(comfy, tmp_path):
     b = rng.random((64, 64, 3)).astype(np.float32)
     ea, ea2, eb = clip.embed(a), clip.embed(a.copy()), clip.embed(b)
     assert np.isfinite(ea).all() and ea.shape == (16,)
-    assert pure.cosine(ea, ea2) == pytest.approx(1.0, abs=1e-6)
+    assert sweep_table.cosine(ea, ea2) == pytest.approx(1.0, abs=1e-6)
     with torch.no_grad():
         ref = torch.nn.functional.cosine_similarity(
             model.encode_image(torch.from_numpy(a)[None])["image_embeds"],
             model.encode_image(torch.from_numpy(b)[None])["image_embeds"]).item()
-    assert pure.cosine(ea, eb) == pytest.approx(ref, abs=1e-5) and ref < 0.9999
+    assert sweep_table.cosine(ea, eb) == pytest.approx(ref, abs=1e-5) and ref < 0.9999
 
     # through score(): the a = 0 image against itself and a different one
     from PIL import Image
@@ -230,12 +198,12 @@ def test_a_server_killed_mid_sweep_still_completes(servers, sd15_ckpt, tmp_path)
             victim.proc.wait(timeout=30)
             killed.append(record["key"])
 
-    sweep = dsweep.Sweep(_settings(sd15_ckpt), prompts, windows, [srv.url for srv in servers], tmp_path / "out",
+    sweep = dsweep.Sweep(settings(sd15_ckpt), prompts, windows, [srv.url for srv in servers], tmp_path / "out",
                          on_record=on_record)
     records = sweep.run()
     expected = {f"p{p}|{w}" for p in range(3) for w in ("a=0", "a=1", "a=3")}
     assert killed and set(records) == expected
-    assert sorted(_result_keys(tmp_path / "out")) == sorted(expected)  # nothing lost, nothing twice
+    assert sorted(result_keys(tmp_path / "out")) == sorted(expected)  # nothing lost, nothing twice
     dead, alive = sweep.servers[1], sweep.servers[0]
     assert dead.dropped and not alive.dropped and dead.done == 1 and alive.done == 8
     assert sweep.work.requeued >= 1  # the job queued behind the finished one went to the other server
@@ -270,143 +238,3 @@ def test_text_clipscore_from_a_local_transformers_folder(comfy, runtime_paths, t
         out = model(**inputs)
         cos = torch.nn.functional.cosine_similarity(out.image_embeds, out.text_embeds).item()
     assert 0 <= got <= 100 and got == pytest.approx(100 * max(cos, 0.0), abs=1e-3)
-
-
-# -- the command as a researcher runs it: a real process, real signals ---------------------------
-def test_help_answers_without_the_runtime_and_shows_defaults(tmp_path):
-    """--help before anything is built: an empty runtime folder stays empty, and neither torch nor ComfyUI
-    is imported."""
-    runtime = tmp_path / "no-runtime"
-    runtime.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("COMFYUI_PATH", "COMFYUI_PYTHON", "SHAPEFIRST_COMFYUI_SRC")}
-    env["SHAPEFIRST_RUNTIME_DIR"] = str(runtime)
-    probe = ("import os, runpy, sys\nsys.argv = [sys.argv[1], '--help']\nsys.path.insert(0, os.path.dirname(sys.argv[0]))"
-             "\ntry:\n    runpy.run_path(sys.argv[0], "
-             "run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\nprint('EXIT', code, 'HEAVY', "
-             "sorted(m for m in ('torch', 'numpy', 'comfy', 'aiohttp', 'PIL') if m in sys.modules))\n")
-    t0 = time.monotonic()
-    out = subprocess.run([sys.executable, "-c", probe, str(SCRIPT)], capture_output=True, text=True, env=env,
-                         timeout=120, cwd=tmp_path)
-    seconds = time.monotonic() - t0
-    assert "EXIT 0 HEAVY []" in out.stdout, out.stdout + out.stderr
-    assert list(runtime.iterdir()) == []
-    for shown in ("--start-servers N", "(default: 25)", "(default: dpmpp_2m)", "(default: a=5 a=10 a=15 a=20)",
-                  "a=P%", "halves up", "--clip-vision FILE"):
-        assert shown in out.stdout, shown
-    print(f"sweep.py --help answered in {seconds:.2f} s")  # measured, not asserted (shared machine)
-
-
-class _Run:
-    """scripts/sweep.py as a user starts it, its stderr read as it comes."""
-
-    def __init__(self, args: list[str], cwd: Path):
-        self.proc = subprocess.Popen([sys.executable, str(SCRIPT), *args], cwd=cwd, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
-        self.err: list[str] = []
-        self._reader = threading.Thread(target=lambda: self.err.extend(self.proc.stderr), daemon=True)
-        self._reader.start()
-
-    def wait_for(self, pattern: str, timeout: float = 300) -> re.Match:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = re.search(pattern, "".join(self.err))
-            if found:
-                return found
-            assert self.proc.poll() is None, "".join(self.err)
-            time.sleep(0.1)
-        raise AssertionError(f"no {pattern!r} in:\n" + "".join(self.err))
-
-    def finish(self, timeout: float = 600) -> tuple[int, str, str]:
-        out = self.proc.stdout.read()
-        rc = self.proc.wait(timeout=timeout)
-        self._reader.join(timeout=10)
-        return rc, out, "".join(self.err)
-
-
-def _sweep_items(queue: list) -> list[str]:
-    """Prompt ids of the sweep's image jobs in a /queue list (its warm-ups preview instead of saving)."""
-    return [item[1] for item in queue if (item[2].get("7") or {}).get("inputs", {}).get(
-        "filename_prefix", "").startswith("shapefirst_sweep/")]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def test_ctrl_c_cancels_this_runs_jobs_only_and_the_same_command_resumes(servers, sd15_ckpt, tmp_path):
-    srv = servers[0]
-    (tmp_path / "prompts.txt").write_text("a red cube\na green ball\n")
-    args = ["--prompts", str(tmp_path / "prompts.txt"), "--checkpoint", sd15_ckpt, "--server", srv.url,
-            "--sampler", "euler", "--scheduler", "normal", "--steps", "16", "--width", "64", "--height", "64",
-            "--windows", "a=8", "--out", str(tmp_path / "out")]  # 16 steps: long enough to be caught running
-    run = _Run(args, tmp_path)
-    deadline = time.monotonic() + 300
-    while True:  # the moment one of its jobs runs and another waits behind it
-        q = srv.get_json("/queue")
-        running, pending = _sweep_items(q["queue_running"]), _sweep_items(q["queue_pending"])
-        if running and pending:
-            break
-        assert time.monotonic() < deadline and run.proc.poll() is None, "".join(run.err)
-        time.sleep(0.05)
-    graph = dsweep.build_graph(pure.Job(pure.PromptItem(0, "another client's picture", 5),
-                                        pure.parse_windows([], 4)[0]), _settings(sd15_ckpt))
-    graph["7"]["inputs"]["filename_prefix"] = "another_client"
-    other = srv.post_json("/prompt", {"prompt": graph, "client_id": "another-client"})["prompt_id"]
-    run.proc.send_signal(signal.SIGINT)
-    rc, out, err = run.finish(timeout=120)
-
-    assert rc == 130 and err.rstrip().endswith(sweep_cli.INTERRUPTED), err
-    assert "Traceback" not in err + out
-    assert not _sweep_items(srv.get_json("/queue")["queue_pending"])  # queued jobs deleted before it exited
-    assert "cancelled 1 queued and 1 running job(s)" in err
-    interrupted = _wait_history(srv, running[0])
-    assert interrupted["status"]["status_str"] == "error"
-    assert any(m[0] == "execution_interrupted" for m in interrupted["status"]["messages"])
-    assert all(pid not in srv.get_json("/history") for pid in pending)  # never ran
-    assert _wait_history(srv, other)["status"]["status_str"] == "success"  # the other client's job ran
-
-    rc, out, err = _Run(args, tmp_path).finish()  # the same command again: only what is missing
-    assert rc == 0, err
-    assert sorted(_result_keys(tmp_path / "out")) == sorted(f"p{p}|{w}" for p in range(2) for w in ("a=0", "a=8"))
-    assert "| a=8 | 8 | 2 |" in out
-
-
-def test_start_servers_runs_on_local_servers_and_stops_them(checkpoints_dir, sd15_ckpt, tmp_path):
-    (tmp_path / "prompts.txt").write_text(PROMPTS)
-    out_dir = tmp_path / "out"
-    args = ["--prompts", str(tmp_path / "prompts.txt"), "--checkpoint", str(checkpoints_dir / sd15_ckpt),
-            "--start-servers", "2", "--sampler", "euler", "--scheduler", "normal", "--steps", str(STEPS),
-            "--width", "64", "--height", "64", "--windows", "a=50%", "--out", str(out_dir)]
-    rc, out, err = _Run(args, tmp_path).finish()
-    assert rc == 0, err
-    started = re.findall(r"started ComfyUI at (\S+) \(CPU, \d+ thread\(s\), pid (\d+)", err)
-    assert len(started) == 2
-    for url, pid in started:
-        assert not _alive(int(pid)), f"ComfyUI {pid} still runs"
-        with pytest.raises(OSError):
-            urllib.request.urlopen(url + "/system_stats", timeout=5)
-    records = [json.loads(line) for line in (out_dir / "results.jsonl").read_text().splitlines()[1:]]
-    assert len(records) == 4 and {r["server"] for r in records} <= {url for url, _ in started}
-    assert {r["window"] for r in records} == {"a=0", "a=50%"} and {r["a"] for r in records} == {0, 2}
-    assert f"summary in {(out_dir / 'summary.md').resolve()}" in err
-    assert "left out Image-CLIPScore: no --clip-vision given" in err and "| a=50% | 2 | 2 |" in out
-    md = (out_dir / "summary.md").read_text()
-    assert "## Metrics left out" in md and "FID: no --fid-weights given" in md
-
-
-def test_sigterm_stops_the_servers_it_started(checkpoints_dir, sd15_ckpt, tmp_path):
-    (tmp_path / "prompts.txt").write_text(PROMPTS)
-    args = ["--prompts", str(tmp_path / "prompts.txt"), "--checkpoint", str(checkpoints_dir / sd15_ckpt),
-            "--start-servers", "1", "--sampler", "euler", "--scheduler", "normal", "--steps", "16",
-            "--width", "64", "--height", "64", "--windows", "a=8", "--out", str(tmp_path / "out")]
-    run = _Run(args, tmp_path)
-    pid = int(run.wait_for(r"started ComfyUI at \S+ \(CPU, \d+ thread\(s\), pid (\d+)").group(1))
-    run.wait_for(r"warmed up")
-    run.proc.send_signal(signal.SIGTERM)
-    rc, _, err = run.finish(timeout=120)
-    assert rc == 143 and sweep_cli.INTERRUPTED in err and "Traceback" not in err, err
-    assert not _alive(pid) and "stopped ComfyUI" in err
