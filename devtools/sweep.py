@@ -140,9 +140,13 @@ class Sweep:
             self.work = pure.WorkQueue(self.jobs, set(records))
             self.progress = pure.Progress(len(self.jobs), len(self.jobs) - len(todo))
             self._records = records
+            tasks = [asyncio.ensure_future(self._serve(http, srv, todo[0])) for srv in self.servers]
             try:
-                await asyncio.gather(*(self._serve(http, srv, todo[0]) for srv in self.servers))
-            except (asyncio.CancelledError, KeyboardInterrupt):
+                await asyncio.gather(*tasks)
+            except BaseException:  # Ctrl-C, SIGTERM, or a server refusing a graph: nothing of ours stays queued
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
                 await self._cancel_everywhere()
                 raise
         if not self.work.finished:
