@@ -49,12 +49,16 @@ def prepare_base(base: Path, checkpoints: list[Path]) -> Path:
 
 class ComfyServer:
     def __init__(self, python: Path, comfyui: Path, base: Path, port: int | None = None,
-                 host: str = "127.0.0.1", log_path: Path | None = None, extra_args: list[str] = ()):
+                 host: str = "127.0.0.1", log_path: Path | None = None, extra_args: list[str] = (),
+                 cpu: bool = True, env: dict | None = None, new_session: bool = False):
         self.python, self.comfyui, self.base = Path(python), Path(comfyui), Path(base)
         self.extra_args = list(extra_args)  # more main.py options, e.g. ["--front-end-root", DIR]
         self.port = port or free_port()
         self.host = host
         self.log_path = Path(log_path) if log_path else self.base / "server.log"
+        self.cpu = cpu  # False: compute on the GPU the environment shows it (e.g. CUDA_VISIBLE_DEVICES in env)
+        self.env = dict(env or {})  # added to this process's environment
+        self.new_session = new_session  # True: a terminal's Ctrl-C reaches only the parent, which stops it
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -62,13 +66,21 @@ class ComfyServer:
         return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = 180.0) -> "ComfyServer":
-        cmd = [str(self.python), "main.py", "--cpu", "--listen", self.host, "--port", str(self.port),
-               "--base-directory", str(self.base), "--disable-auto-launch", "--preview-method", "none",
-               "--database-url", f"sqlite:///{self.base / 'user' / 'comfyui.db'}", *self.extra_args]
+        return self.launch().wait_ready(timeout)
+
+    def launch(self) -> "ComfyServer":
+        """Start main.py and return at once (``wait_ready`` waits for it to answer)."""
+        cmd = [str(self.python), "main.py", *(["--cpu"] if self.cpu else []), "--listen", self.host,
+               "--port", str(self.port), "--base-directory", str(self.base), "--disable-auto-launch",
+               "--preview-method", "none", "--database-url", f"sqlite:///{self.base / 'user' / 'comfyui.db'}",
+               *self.extra_args]
         self._log = open(self.log_path, "w")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self.proc = subprocess.Popen(cmd, cwd=self.comfyui, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL, start_new_session=self.new_session)
+        return self
+
+    def wait_ready(self, timeout: float = 180.0) -> "ComfyServer":
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

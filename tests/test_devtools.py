@@ -4,6 +4,7 @@ versions, and the test checkpoints' UNet layouts against ComfyUI's own tables of
 from __future__ import annotations
 
 import ast
+import importlib.util
 import inspect
 import types
 
@@ -18,13 +19,17 @@ KNOWN_CONFIG = {"SD15": "SD15", "SD20": "SD21", "SDXL": "SDXL"}
 
 
 def _fake_execution(tmp_path, init_source: str, body: str, main_source: str | None):
-    """A stand-in for a ComfyUI version's execution module: its PromptExecutor signature and source."""
+    """A stand-in for a ComfyUI version's execution module: its PromptExecutor signature and source.
+    The class is written to a module file and imported (no exec: the Registry's checks flag it)."""
     (tmp_path / "execution.py").write_text(body)
     if main_source is not None:
         (tmp_path / "main.py").write_text(main_source)
-    namespace: dict = {}
-    exec(f"class PromptExecutor:\n    def __init__{init_source}:\n        pass\n", namespace)
-    return types.SimpleNamespace(PromptExecutor=namespace["PromptExecutor"], __file__=str(tmp_path / "execution.py"))
+    signature_file = tmp_path / "prompt_executor_signature.py"
+    signature_file.write_text(f"class PromptExecutor:\n    def __init__{init_source}:\n        pass\n")
+    spec = importlib.util.spec_from_file_location(f"prompt_executor_{tmp_path.name}", signature_file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return types.SimpleNamespace(PromptExecutor=module.PromptExecutor, __file__=str(tmp_path / "execution.py"))
 
 
 @pytest.mark.parametrize("version, init, body, main, expected", [
