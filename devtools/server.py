@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -47,10 +49,37 @@ def prepare_base(base: Path, checkpoints: list[Path]) -> Path:
     return base
 
 
+def _parent_death_signal():
+    """A function for Popen's preexec_fn that makes the child get SIGTERM when the thread that started
+    it ends, however it ends (Linux prctl PR_SET_PDEATHSIG); None where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, not in the forked child
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def set_signal():
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the call
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return set_signal
+
+
 class ComfyServer:
+    """A ComfyUI server process with the pack. ``stop()`` (or leaving the ``with`` block) ends it; with
+    ``die_with_parent`` (Linux) it also ends when the thread that started it ends, even by SIGKILL, so
+    no server is left behind: start it from a thread that outlives it (the main thread)."""
+
     def __init__(self, python: Path, comfyui: Path, base: Path, port: int | None = None,
                  host: str = "127.0.0.1", log_path: Path | None = None, extra_args: list[str] = (),
-                 cpu: bool = True, env: dict | None = None, new_session: bool = False):
+                 cpu: bool = True, env: dict | None = None, new_session: bool = False,
+                 die_with_parent: bool = True):
+        self.die_with_parent = die_with_parent
         self.python, self.comfyui, self.base = Path(python), Path(comfyui), Path(base)
         self.extra_args = list(extra_args)  # more main.py options, e.g. ["--front-end-root", DIR]
         self.port = port or free_port()
@@ -77,7 +106,8 @@ class ComfyServer:
         self._log = open(self.log_path, "w")
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self.proc = subprocess.Popen(cmd, cwd=self.comfyui, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                     stdin=subprocess.DEVNULL, start_new_session=self.new_session)
+                                     stdin=subprocess.DEVNULL, start_new_session=self.new_session,
+                                     preexec_fn=_parent_death_signal() if self.die_with_parent else None)
         return self
 
     def wait_ready(self, timeout: float = 180.0) -> "ComfyServer":

@@ -7,10 +7,11 @@ import ast
 import importlib.util
 import inspect
 import types
+from pathlib import Path
 
 import pytest
 
-from devtools import checkpoints
+from devtools import checkpoints, paths
 from devtools.harness import executor_kwargs
 
 # Real models' UNet configs by the name ComfyUI's model_detection gives them in
@@ -92,3 +93,14 @@ def test_checkpoint_unet_matches_the_real_model(comfy, kind):
     assert spec.kept is not None or len(keys) >= 15, sorted(keys)
     assert {k: detected[k] for k in keys} == {k: real[k] for k in keys}
     assert {k: detected[k] for k in spec.unet} == spec.unet  # the spec says what detection reports
+
+
+def test_each_host_builds_its_models_in_a_cache_of_its_own(runtime_paths):
+    """A model built under one ComfyUI never stands in for another host's build (their classes differ:
+    0.33's Flux requires txt_ids_dims): the cache folder is named after the host's own version file."""
+    import re
+
+    version = re.search(r"__version__\s*=\s*[\"']([^\"']+)",
+                        (Path(runtime_paths["comfyui"]) / "comfyui_version.py").read_text()).group(1)
+    assert Path(runtime_paths["models"]).name == f"comfyui-{version}"
+    assert Path(runtime_paths["models"]).parent == paths.MODELS
