@@ -5,8 +5,8 @@ order per round, each run divided by the same round's core KSampler run:
 - core KSampler at cfg 1.0 (one pass per step), for the ideal saving of eq. 9;
 - ours exact: truncated guidance (eq. 9, uncond tail) attached with the pack's ``patch_model``
   to a clone of the MODEL, sampled by core KSampler (what TruncatedCFGSampler does);
-- ours + text cache: the same clone with ``nodes.text_cache.attach`` applied on top, ``is_tail``
-  taken from the truncation controller when it has one, else from the run's sigmas;
+- ours + text cache: the same clone with ``nodes.text_cache.attach`` (``tail_output``) applied on top, the
+  tail read from the truncation patch's decision for each evaluation;
 - the chained workaround: two core KSamplerAdvanced (CFG until the gate, then cfg 1.0);
 - core EasyCache (defaults) on core KSampler, and EasyCache applied first with ours on top;
 - with ``--peers DIR``: ComfyUI_TGate's "TGate Apply" at the same gate. T-GATE replaces the
@@ -85,9 +85,9 @@ def run(args, model, pos, empty, latent, ckpt_name, sync, median_interval) -> No
         return ksampler.sample(m, 1, steps, cfg, SAMPLER, SCHEDULER, positive, empty, latent)[0]["samples"]
 
     def ours(text=False, source=None):
-        m, controller = patch.patch_model(source or model, patch.GuidanceWindow(end=k / steps, cfg=CFG))
+        m, _ = patch.patch_model(source or model, patch.GuidanceWindow(end=k / steps, cfg=CFG))
         if text:
-            text_cache.attach(m, controller.is_tail)
+            text_cache.attach(m, text_cache.MODE_TAIL, "benchmark")
         return sample(m)
 
     def chained():

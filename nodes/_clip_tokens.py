@@ -2,7 +2,8 @@
 tokens and chat template, where each encoder's rows and pooled vector lie in the conditioning,
 and encoding exactly as CLIPTextEncode.
 
-Families are matched by exact tokenizer class (many unrelated tokenizers subclass SD1Tokenizer):
+The families are the text encoders described in ``shapefirst/families.py`` (``TEXT_ENCODERS``),
+matched by exact tokenizer class (many unrelated tokenizers subclass SD1.x's):
 
 * SD1.x: clip_l (768), pads with [EOS]; SD2.x: OpenCLIP-H ("h", 1024), pads with token 0;
 * SDXL: clip_l (768) and clip_g (1280) side by side on channels; pooled from clip_g;
@@ -14,13 +15,13 @@ Families are matched by exact tokenizer class (many unrelated tokenizers subclas
   the template's prefix from the rows. Lumina 2 (Gemma): [SOS] (BOS) then the prompt, no end token.
 
 Other tokenizers get a generic description (:func:`clip_spec` with ``strict=False``) good for
-token labels: the first sub-tokenizer with a vocabulary, its start / end / pad tokens.
-"""
+token labels: the first sub-tokenizer with a vocabulary, its start / end / pad tokens."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..shapefirst.families import TEXT_ENCODERS
 from ..shapefirst.swap import EncoderLayout
 from ..shapefirst.tokens import TokenizerInfo
 
@@ -57,42 +58,17 @@ class ClipSpec:
         return [e.name for e in self.encoders]
 
 
-# (key, attribute of the tokenizer, attribute of cond_stage_model, segment, channel start, pooled start)
-_E = tuple
+def _families() -> dict[type, object]:
+    """Tokenizer class -> its ``TextEncoder`` description (``shapefirst.families.TEXT_ENCODERS``)."""
+    import importlib
 
-
-def _families() -> dict[type, tuple[str, tuple[_E, ...], str | None]]:
-    """Tokenizer class -> (kind, encoders, template attribute); keys in channel order."""
-    import comfy.sd1_clip as sd1
-    import comfy.sdxl_clip as sdxl
-    import comfy.text_encoders.flux as flux
-    import comfy.text_encoders.lumina2 as lumina2
-    import comfy.text_encoders.pixart_t5 as pixart
-    import comfy.text_encoders.qwen_image as qwen_image
-    import comfy.text_encoders.sd2_clip as sd2
-    import comfy.text_encoders.sd3_clip as sd3
-    import comfy.text_encoders.wan as wan
-    import comfy.text_encoders.z_image as z_image
-
-    return {
-        sd1.SD1Tokenizer: ("SD1.x", (), None),  # key read from the instance: "l" (or "g")
-        sd2.SD2Tokenizer: ("SD2.x", (("h", "clip_h", None, 0, 0, 0),), None),
-        sdxl.SDXLTokenizer: ("SDXL", (("l", "clip_l", "clip_l", 0, 0, None), ("g", "clip_g", "clip_g", 0, 768, 0)), None),
-        sdxl.StableCascadeTokenizer: ("Stable Cascade / SDXL refiner", (("g", "clip_g", None, 0, 0, 0),), None),
-        pixart.PixArtTokenizer: ("PixArt (T5-XXL)", (("t5xxl", "t5xxl", None, 0, 0, None),), None),
-        wan.WanT5Tokenizer: ("Wan (umT5-XXL)", (("umt5xxl", "clip_umt5xxl", None, 0, 0, None),), None),
-        sd3.SD3Tokenizer: ("SD3", (("l", "clip_l", "clip_l", 0, 0, 0), ("g", "clip_g", "clip_g", 0, 768, 768),
-                                   ("t5xxl", "t5xxl", "t5xxl", 1, 0, None)), None),
-        flux.FluxTokenizer: ("Flux", (("l", "clip_l", None, None, None, 0), ("t5xxl", "t5xxl", None, 0, 0, None)), None),
-        qwen_image.QwenImageTokenizer: ("Qwen-Image (Qwen2.5-VL)",
-                                        (("qwen25_7b", "qwen25_7b", None, 0, 0, None),), "llama_template"),
-        z_image.ZImageTokenizer: ("Z-Image (Qwen3)", (("qwen3_4b", "qwen3_4b", None, 0, 0, None),), "llama_template"),
-        lumina2.LuminaTokenizer: ("Lumina 2 (Gemma 2)", (("gemma2_2b", "gemma2_2b", None, 0, 0, None),), None),
-    }
-
-
-# Families whose text encoder cuts the template's prefix from its rows.
-_DROPS_PREFIX = {"Qwen-Image (Qwen2.5-VL)"}
+    out = {}
+    for encoder in TEXT_ENCODERS.values():
+        module, name = encoder.tokenizer_class.rsplit(".", 1)
+        cls = getattr(importlib.import_module(module), name, None)
+        if cls is not None:
+            out[cls] = encoder
+    return out
 
 
 def _template_ids(sub, template: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -144,8 +120,8 @@ def clip_spec(clip, strict: bool = True) -> ClipSpec:
         if strict:
             raise UnknownClipError(type(tokenizer).__name__)
         return _generic_spec(tokenizer)
-    kind, defs, template_attr = entry
-    if not defs:  # SD1Tokenizer: one encoder, named by the instance
+    kind, defs, template_attr = entry.kind, entry.encoders, entry.template
+    if not defs:  # SD1.x's tokenizer: one encoder, named by the instance
         defs = ((tokenizer.clip_name, tokenizer.clip, None, 0, 0, 0),)
         if tokenizer.clip_name == "g":
             kind = "SDXL refiner (clip_g)"
@@ -159,7 +135,7 @@ def clip_spec(clip, strict: bool = True) -> ClipSpec:
         encoders.append(EncoderLayout(
             key, f"clip_{key}" if key in ("l", "g", "h") else key, _info(sub, template), segment,
             None if channel is None else (channel, channel + width), None if pooled is None else (pooled, pooled + width),
-            drop_prefix=kind in _DROPS_PREFIX, inv_vocab=getattr(sub, "inv_vocab", {}) or {}))
+            drop_prefix=entry.drops_prefix, inv_vocab=getattr(sub, "inv_vocab", {}) or {}))
     return ClipSpec(kind, tuple(encoders))
 
 

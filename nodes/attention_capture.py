@@ -1,121 +1,96 @@
 """AttentionMapCapture: per-token, per-step attention probabilities of a real sampling run.
 
-How the probabilities are read, whatever attention backend ComfyUI runs (the hooks are in
+How the probabilities are read follows the model's description (``shapefirst/families.py``, matched in
+``nodes/model_families.py``), whatever attention backend ComfyUI runs (the hooks are in
 ``attention_recorder``, the override in ``attention_override``):
-* SD1.x / SD2.x / SDXL UNets: an ``attn2_patch`` (which changes nothing) flags the next attention
-  call as cross-attention, and ``transformer_options["optimized_attention_override"]`` (every
-  ComfyUI backend passes through it) computes softmax(q k^T / sqrt(d)) from the projected q and k
-  it is handed, then attends exactly as the host would: the layer's preferred backend, the
-  backend's own path for q/k/v tensor containers, an earlier override chained. The output is
-  ComfyUI's own, so sampling is bit-identical with or without the capture.
-* SD3 (MMDiT), Flux, Qwen-Image and Lumina 2: text and image tokens attend jointly through the same
-  override ([text; image] in each joint call); the image-query x text-key block of each joint call is
-  kept, renormalised over the text tokens, with the mask the model passes to that call. Calls over
+* cross-attention reached by attn2 patches (SD1.x / SD2.x / SDXL UNets): an ``attn2_patch`` (which changes
+  nothing) flags the next attention call as cross-attention, and
+  ``transformer_options["optimized_attention_override"]`` (every ComfyUI backend passes through it)
+  computes softmax(q k^T / sqrt(d)) from the projected q and k it is handed, then attends exactly as the
+  host would: the layer's preferred backend, the backend's own path for q/k/v tensor containers, an
+  earlier override chained. The output is ComfyUI's own, so sampling is bit-identical with or without it.
+* joint attention (SD3, Flux, Qwen-Image, Lumina 2): text and image tokens attend jointly through the same
+  override, in the order the family's layout gives; the image-query x text-key block of each joint call
+  is kept, renormalised over the text tokens, with the mask the model passes to that call. Calls over
   fewer tokens than text + image are not joint and are skipped: SD3.5's image-only attention, Lumina
   2's context refiner (text only) and noise refiner (image only).
-* PixArt: its cross-attention passes no transformer_options; an object patch on each block's
-  ``cross_attn.forward`` recomputes q and k from the module's own projections and then runs the
-  original forward.
-* Wan 2.1 / 2.2 (video): an object patch on each block's ``cross_attn.forward`` flags the calls
-  inside it, the override reads the one over the text tokens; per kept frame of the 5-D latent.
-* Other models (no text-to-image attention the capture can read) are refused.
+* cross-attention whose call passes no transformer_options (PixArt): an object patch on each layer
+  recomputes q and k from the layer's own projections and then runs the original forward.
+* cross-attention over a video latent reached by the override (Wan 2.1 / 2.2, text- and image-to-video):
+  an object patch on each layer flags the calls inside it, the override reads the described text call;
+  per kept frame of the 5-D latent.
+* Models without a description, or whose description says the capture cannot read them, are refused
+  with the reason.
 
-All hooks live on the clone this node returns; the state they touch is reset in ``finally``.
-"""
+All hooks live on the clone this node returns; the state they touch is reset in ``finally``."""
 
 from __future__ import annotations
 
+from ..shapefirst import families as fam
 from ..shapefirst.attention import COND, UNCOND
 from ._api import io
-from ._common import CATEGORY, ShapeFirstInputError
-from ._patching import OVERRIDE_KEY, chain_object_patch, chain_override, patched_clone, set_attn2_patch
-from .attention_override import has_preferences, unet_layer_index
-from .attention_recorder import CAPTURE_NODE, AttentionRecorder, CaptureSettings
+from ._common import CATEGORY
+from ._patching import OVERRIDE_KEY, chain_object_patch, chain_override, set_attn2_patch
+from .attention_override import has_preferences
+from .attention_recorder import CAPTURE_NODE, AttentionRecorder, CaptureSettings, Reading
+from .model_families import require, supported_list
 
 __all__ = ["AttentionMapCapture", "AttentionCaptureType", "AttentionRecorder", "CaptureSettings", "install",
-           "model_kind", "CAPTURE_NODE", "OVERRIDE_KEY"]
+           "reading", "CAPTURE_NODE", "OVERRIDE_KEY"]
 
 AttentionCaptureType = io.Custom("SHAPEFIRST_ATTENTION")
-JOINT_MODELS = {"MMDiT", "OpenAISignatureMMDITWrapper", "Flux", "QwenImageTransformer2DModel"}
-REFUSED_JOINT = {"Chroma", "HunyuanVideo", "NextDiT"}
-SUPPORTED = "SD1.x, SD2.x, SDXL, PixArt, SD3, Flux, Qwen-Image, Lumina 2, Wan 2.1 or Wan 2.2"
+# how a cross-attention layer is reached -> the capture's mode (joint attention: "joint")
+MODES = {fam.ATTN2_PATCH: "unet", fam.NO_OPTIONS: "pixart", fam.OVERRIDE: "video"}
 
 
-def _lumina2(dm) -> bool:
-    """Lumina 2's NextDiT: [text; image] in its joint layers. Not Z-Image (same class): it pads the text
-    and the image tokens to a multiple (``pad_tokens_multiple``), a layout the capture does not read."""
-    return type(dm).__name__ == "NextDiT" and getattr(dm, "pad_tokens_multiple", None) is None
+def reading(model):
+    """(the model's described network, how the capture reads it); a model the capture cannot read is refused
+    with its family's reason."""
+    network = require(model, fam.CAPTURE, CAPTURE_NODE, "Attention Map Capture",
+                      f"Connect an {supported_list(fam.CAPTURE)} model.")
+    family = network.family
+    frames, size = network.patch()
+    if family.attention == fam.JOINT:
+        return network, Reading("joint", size, frames, family.joint, network.text_pad())
+    return network, Reading(MODES[family.layers.reached], size, frames, text_call=family.layers.text_call)
 
 
-def _wan_cross_attention(dm) -> bool:
-    """A Wan model whose every block has Wan's own text cross-attention (T2V or I2V)."""
-    import comfy.ldm.wan.model as wan
-
-    kinds = tuple(getattr(wan, n) for n in ("WanT2VCrossAttention", "WanI2VCrossAttention") if hasattr(wan, n))
-    blocks = getattr(dm, "blocks", None)
-    return (isinstance(dm, wan.WanModel) and blocks is not None and len(blocks) > 0
-            and all(type(getattr(b, "cross_attn", None)) in kinds for b in blocks))
-
-
-def model_kind(model) -> str:
-    """'unet', 'pixart', 'joint' or 'video'; refuses models whose text does not reach the image in a
-    way the capture can read."""
-    from comfy.ldm.modules.attention import BasicTransformerBlock
-    from comfy.ldm.pixart.pixartms import PixArtMS
-
-    dm = model.get_model_object("diffusion_model")
-    if isinstance(dm, PixArtMS):
-        return "pixart"
-    name = type(dm).__name__
-    if name in JOINT_MODELS or _lumina2(dm):
-        return "joint"
-    if _wan_cross_attention(dm):
-        return "video"
-    for m in dm.modules():
-        if isinstance(m, BasicTransformerBlock) and m.attn2 is not None and not m.switch_temporal_ca_to_sa:
-            return "unet"
-    pad = getattr(dm, "pad_tokens_multiple", None) if name == "NextDiT" else None
-    raise ShapeFirstInputError(
-        CAPTURE_NODE,
-        f"this model ({name}) has no cross-attention layers to capture"
-        + (f": its text and image tokens are padded to a multiple of {pad} inside the joint attention (Z-Image), "
-           "a layout the capture does not read" if pad is not None else
-           ": its text and image tokens attend jointly in a layout the capture does not read"
-           if name in REFUSED_JOINT else "")
-        + f". Connect an {SUPPORTED} model.")
+def _unet_blocks(network) -> dict:
+    """{(block kind, block id, block index): the block holding attn1 and attn2}, keyed as
+    ``transformer_options["block"]`` and ``["block_index"]`` name them during a UNet's forward pass."""
+    kinds = {"input_blocks": "input", "middle_block": "middle", "output_blocks": "output"}
+    index = {}
+    for path in network.layers:  # e.g. input_blocks.1.1.transformer_blocks.0.attn2
+        parts = path.split(".")
+        if parts[0] in kinds and "transformer_blocks" in parts:
+            at = parts.index("transformer_blocks")
+            block_id = 0 if parts[0] == "middle_block" else int(parts[1])
+            index[(kinds[parts[0]], block_id, int(parts[at + 1]))] = network.layer(".".join(parts[:-1]))
+    return index
 
 
 def install(model, settings: CaptureSettings):
     """A clone of ``model`` with the capture attached, and its recorder. ``model`` is untouched."""
     import comfy.patcher_extension as pe
 
-    kind = model_kind(model)
-    dm = model.get_model_object("diffusion_model")
-    patch = getattr(dm, "patch_size", 1)
-    rec = AttentionRecorder(settings, kind, patch_size=int(patch if isinstance(patch, int) else patch[-1]),
-                            patch_frames=1 if isinstance(patch, int) else int(patch[0]))
-    m = patched_clone(model, rec.key, {pe.WrappersMP.SAMPLER_SAMPLE: rec.sampler_sample,
-                                       pe.WrappersMP.CALC_COND_BATCH: rec.calc_cond_batch,
-                                       pe.WrappersMP.APPLY_MODEL: rec.apply_model})
-    if kind in ("unet", "joint"):
+    network, how = reading(model)
+    rec = AttentionRecorder(settings, how)
+    m = rec.install(model, {pe.WrappersMP.CALC_COND_BATCH: rec.calc_cond_batch,
+                            pe.WrappersMP.APPLY_MODEL: rec.apply_model})
+    if how.mode in ("unet", "joint", "video"):
         layers = None
-        if kind == "unet":
+        if how.mode == "unet":
             set_attn2_patch(m, rec.make_attn2_patch(), rec.key)
-            index = unet_layer_index(dm)
+            index = _unet_blocks(network)
             attn = [a for tb in index.values() for a in (tb.attn1, tb.attn2) if a is not None]
             layers = index if has_preferences(attn) else None
-        chain_override(m, lambda previous: rec.make_override(previous, layers), rec.key)  # calls an earlier one
-    elif kind == "video":
-        for i, block in enumerate(dm.blocks):
-            chain_object_patch(m, f"diffusion_model.blocks.{i}.cross_attn.forward",
-                               lambda previous, module=block.cross_attn, name=f"blocks.{i}":
-                               rec.make_flagging_forward(module, name, previous), rec.key)
-        chain_override(m, lambda previous: rec.make_override(previous, None), rec.key)
-    else:
-        for i, block in enumerate(dm.blocks):
-            chain_object_patch(m, f"diffusion_model.blocks.{i}.cross_attn.forward",
-                               lambda previous, module=block.cross_attn, name=f"blocks.{i}":
-                               rec.make_pixart_forward(module, name, previous), rec.key)
+        chain_override(m, lambda previous, key: rec.make_override(previous, layers, key), rec.key)
+    if how.mode in ("video", "pixart"):
+        make = rec.make_flagging_forward if how.mode == "video" else rec.make_pixart_forward
+        for path in network.layers:
+            chain_object_patch(m, f"diffusion_model.{path}.forward",
+                               lambda previous, module=network.layer(path), name=path.rsplit(".", 1)[0]:
+                               make(module, name, previous), rec.key)
     return m, rec
 
 
@@ -133,10 +108,10 @@ class AttentionMapCapture(io.ComfyNode):
                 "optionally the unconditional one. Same maps under every attention backend; the sampled image is "
                 "identical to sampling without it. Memory: 2 bytes x steps x tokens x grid pixels per image and "
                 "branch (SDXL 1024 px, 30 steps, 77 tokens: 19 MB), kept on the CPU until the next run. "
-                "SD1.x, SD2.x, SDXL and PixArt (cross-attention); SD3, Flux, Qwen-Image and Lumina 2 (joint "
-                "attention: each image token's attention on the text tokens, renormalised over the text tokens); "
-                "Wan 2.1 / 2.2 video (cross-attention, one map per kept latent frame: frame_stride). Use one "
-                "sampler per capture node: each sampling run replaces the previous record."),
+                f"Cross-attention: {fam.spoken_list(fam.supported(fam.CAPTURE, fam.CROSS))} (video: one map per "
+                f"kept latent frame, frame_stride). Joint attention (each image token's attention on the text "
+                f"tokens, renormalised over the text tokens): {fam.spoken_list(fam.supported(fam.CAPTURE, fam.JOINT))}. "
+                "Use one sampler per capture node: each sampling run replaces the previous record."),
             inputs=[
                 io.Model.Input("model", tooltip="The model to sample with. It is cloned, never modified."),
                 io.Boolean.Input("record_uncond", default=False,

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ._patching import first_in_call, leave_call
+
 
 def _attention_module():
     import comfy.ldm.modules.attention as attention
@@ -55,63 +57,60 @@ def _preferred_function(kwargs, preferred_for):
     return getattr(preference, "function", None) if preference is not None else None
 
 
-def make_observing_override(observe: Callable, previous=None, preferred_for: Callable | None = None):
+def make_observing_override(observe: Callable, previous=None, preferred_for: Callable | None = None,
+                            key=None):
     """An override calling ``observe(args, kwargs)`` (q and k as plain tensors, never consumed) first.
 
     ``previous``: the override already installed on the model, chained. ``preferred_for(kwargs)``:
     the ``ComfyAttention`` of the layer this call belongs to, or None; asked only when the
-    call itself does not name one.
+    call itself does not name one. ``key``: the patch's slot (``chain_override``); a copy of it that runs
+    inside a copy further out in the same call (re-applied under another pack's override) attends
+    without observing.
     """
 
+    def watched(args, kwargs) -> bool:
+        first = key is None or first_in_call(key)
+        if first:
+            observe(args, kwargs)
+        return first
+
     def attention_override(func, *args, **kwargs):
-        observe(args, kwargs)
-        preferred = _preferred_function(kwargs, preferred_for)
-        if previous is not None:
-            return previous(func, *args, **kwargs)
-        if preferred is not None:
-            return preferred(*args, **kwargs)  # as core does without an override (kwargs say: inside)
-        return func(*args, **kwargs)
+        first = watched(args, kwargs)
+        try:
+            preferred = _preferred_function(kwargs, preferred_for)
+            if previous is not None:
+                return previous(func, *args, **kwargs)
+            if preferred is not None:
+                return preferred(*args, **kwargs)  # as core does without an override (kwargs say: inside)
+            return func(*args, **kwargs)
+        finally:
+            if first and key is not None:
+                leave_call(key)
 
     if container_type() is None:
         return attention_override
 
     def container_function(*args, **kwargs):
-        observe((peek(args[0]), peek(args[1])) + tuple(args[2:]), kwargs)
-        preferred = _preferred_function(kwargs, preferred_for)
-        if previous is not None:
-            chained = getattr(previous, "container_function", None)
-            if chained is not None:
-                return chained(*args, **kwargs)
-            taken = tuple(c.take() for c in args[:3]) + tuple(args[3:])
-            return previous(_default_backend(), *taken, **kwargs)
-        if preferred is not None:
-            return preferred(*args, **kwargs)  # a backend's wrapper takes containers itself
-        # the host's optimized attention, already inside its wrapper (kwargs carry the marker):
-        # it uses the backend's container path when it has one, else unwraps
-        return _attention_module().optimized_attention(*args, **kwargs)
+        first = watched((peek(args[0]), peek(args[1])) + tuple(args[2:]), kwargs)
+        try:
+            preferred = _preferred_function(kwargs, preferred_for)
+            if previous is not None:
+                chained = getattr(previous, "container_function", None)
+                if chained is not None:
+                    return chained(*args, **kwargs)
+                taken = tuple(c.take() for c in args[:3]) + tuple(args[3:])
+                return previous(_default_backend(), *taken, **kwargs)
+            if preferred is not None:
+                return preferred(*args, **kwargs)  # a backend's wrapper takes containers itself
+            # the host's optimized attention, already inside its wrapper (kwargs carry the marker):
+            # it uses the backend's container path when it has one, else unwraps
+            return _attention_module().optimized_attention(*args, **kwargs)
+        finally:
+            if first and key is not None:
+                leave_call(key)
 
     attention_override.container_function = container_function
     return attention_override
-
-
-def unet_layer_index(diffusion_model) -> dict:
-    """{(block kind, block id, block index): BasicTransformerBlock} of a UNet, keyed as
-    ``transformer_options["block"]`` and ``["block_index"]`` name them during a forward pass."""
-    from comfy.ldm.modules.attention import SpatialTransformer
-
-    index = {}
-    groups = [("input", list(getattr(diffusion_model, "input_blocks", []))),
-              ("middle", [getattr(diffusion_model, "middle_block", None)]),
-              ("output", list(getattr(diffusion_model, "output_blocks", [])))]
-    for kind, blocks in groups:
-        for i, seq in enumerate(blocks):
-            if seq is None:
-                continue
-            for m in seq:
-                if isinstance(m, SpatialTransformer):
-                    for j, tb in enumerate(m.transformer_blocks):
-                        index[(kind, i, j)] = tb
-    return index
 
 
 def has_preferences(modules) -> bool:

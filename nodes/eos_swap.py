@@ -12,7 +12,9 @@ EOSSwapKVPatch (nodes/kv_swap.py).
 from __future__ import annotations
 
 from ..shapefirst import compose as cmp
+from ..shapefirst import families as fam
 from ..shapefirst import swap, ui_keys
+from ..shapefirst.swap import APPLY_BOTH, APPLY_KEYS, APPLY_VALUES, LAYOUT_OPTIONS
 from ..shapefirst.tokens import EOS, ROLE_LABELS, SEM, SOS, TokenLayoutError, prompt_roles, repeat_semantic
 from . import _clip_tokens as ct
 from ._api import io
@@ -21,12 +23,10 @@ from ._common import CATEGORY, KEY_PREFIX, LOGGER, ShapeFirstInputError
 NODE = "EOSSwapConditioning"
 KV_KEY = f"{KEY_PREFIX}eos_swap.values_context"
 
-LAYOUT_OPTIONS = {"prompt A": cmp.LAYOUT_PROMPT, "77 x [SOS]": cmp.LAYOUT_SOS_ONLY,
-                  "[SOS] + 76 x [EOS]": cmp.LAYOUT_SOS_EOS}
 SOURCE_OPTIONS = list(cmp.SOURCES)
-APPLY_BOTH, APPLY_KEYS, APPLY_VALUES = "keys and values", "keys only", "values only"
-FAMILIES = ("SD1.x, SD2.x, SDXL (and refiner / Stable Cascade), SD3, Flux, PixArt, Wan, Qwen-Image, Z-Image or "
-            "Lumina 2")
+DEFAULTS = {**swap.PROMPT_DEFAULTS, **swap.SWAP_DEFAULTS, **swap.OPTIONAL_DEFAULTS}  # every input's default
+D = DEFAULTS
+FAMILIES = fam.spoken_list(fam.encoder_kinds())  # the described text encoders
 
 
 def _err(message: str) -> ShapeFirstInputError:
@@ -133,9 +133,10 @@ def _check_prompts(a: _Prompt, b: _Prompt, layout, sources):
                        f"source than {name}.")
 
 
-def build(clip, prompt_a, prompt_b, sos_from="A", sem_from="A", eos_from="B", padding_is_eos=True,
-          layout="prompt A", sem_repeats=1, apply_to=APPLY_BOTH, start_percent=0.0, end_percent=1.0,
-          pooled_from="B", noise_seed=0, clip_b=None, swap_encoders="all"):
+def build(clip, prompt_a=D["prompt_a"], prompt_b=D["prompt_b"], sos_from=D["sos_from"], sem_from=D["sem_from"],
+          eos_from=D["eos_from"], padding_is_eos=D["padding_is_eos"], layout=D["layout"], sem_repeats=D["sem_repeats"],
+          apply_to=D["apply_to"], start_percent=D["start_percent"], end_percent=D["end_percent"],
+          pooled_from=D["pooled_from"], noise_seed=D["noise_seed"], clip_b=None, swap_encoders=D["swap_encoders"]):
     """The node's work: (conditioning, table text, ui payload)."""
     spec = _spec(clip, "clip")
     spec_b = _spec(clip_b, "clip_b") if clip_b is not None else spec
@@ -218,48 +219,48 @@ class EOSSwapConditioning(io.ComfyNode):
                 "SD3 / Flux / T5 / LLM text encoders: each encoder is composed with its own token roles (README)."
             ),
             inputs=[
-                io.Clip.Input("clip", tooltip="Text encoder of the checkpoint: SD1.x, SD2.x, SDXL, SD3, Flux, PixArt, Wan, "
-                                              "Qwen-Image, Z-Image or Lumina 2 (roles per family in the README)."),
-                io.String.Input("prompt_a", multiline=True, dynamic_prompts=True, default="A blue bird",
+                io.Clip.Input("clip", tooltip=f"Text encoder of the checkpoint: {FAMILIES} (roles per family in "
+                                              "docs/model-families.md)."),
+                io.String.Input("prompt_a", multiline=True, dynamic_prompts=True, default=D["prompt_a"],
                                 tooltip="Prompt A, the source: its [SOS] and semantic tokens are kept."),
-                io.String.Input("prompt_b", multiline=True, dynamic_prompts=True, default="A brown chair",
+                io.String.Input("prompt_b", multiline=True, dynamic_prompts=True, default=D["prompt_b"],
                                 tooltip="Prompt B, the target: its [EOS] rows replace A's (from B's first [EOS] "
                                         "on; if B has fewer [EOS] rows than A, B's last one is repeated)."),
-                io.Combo.Input("eos_from", options=SOURCE_OPTIONS, default="B",
+                io.Combo.Input("eos_from", options=SOURCE_OPTIONS, default=D["eos_from"],
                                tooltip=f"Where the [EOS] rows come from. B = the EOS swap, A = plain prompt A. {sources}"),
-                io.Combo.Input("sem_from", options=SOURCE_OPTIONS, default="A",
+                io.Combo.Input("sem_from", options=SOURCE_OPTIONS, default=D["sem_from"],
                                tooltip=f"Where the semantic-token rows come from (k-th slot <- k-th semantic row of the "
                                        f"source, its last repeated). {sources}"),
-                io.Combo.Input("sos_from", options=SOURCE_OPTIONS, default="A",
+                io.Combo.Input("sos_from", options=SOURCE_OPTIONS, default=D["sos_from"],
                                tooltip=f"Where the [SOS] row comes from. {sources}"),
-                io.Boolean.Input("padding_is_eos", default=True,
+                io.Boolean.Input("padding_is_eos", default=D["padding_is_eos"],
                                  tooltip="On (the paper): every position after the first [EOS] counts as [EOS]. Off: "
                                          "only the first [EOS] is swapped and A's padding rows stay (SD2.x and SDXL's "
                                          "clip_g pad with token 0, SD1.x with [EOS])."),
-                io.Combo.Input("layout", options=list(LAYOUT_OPTIONS), default="prompt A",
+                io.Combo.Input("layout", options=list(LAYOUT_OPTIONS), default=D["layout"],
                                tooltip="Positions of the output: A's own tokens, or Appendix E's one-chunk prompts "
                                        "'77 x [SOS]' and '[SOS] + 76 x [EOS]' (filled from sos_from / eos_from)."),
-                io.Int.Input("sem_repeats", default=1, min=1, max=75,
+                io.Int.Input("sem_repeats", default=D["sem_repeats"], min=1, max=75,
                              tooltip="Appendix C: repeat A's semantic tokens this many times before its [EOS] "
                                      "(re-encoded), leaving fewer [EOS] slots. 1 = the prompt as written."),
-                io.Combo.Input("apply_to", options=[APPLY_BOTH, APPLY_KEYS, APPLY_VALUES], default=APPLY_BOTH,
+                io.Combo.Input("apply_to", options=[APPLY_BOTH, APPLY_KEYS, APPLY_VALUES], default=D["apply_to"],
                                tooltip="Appendix G: where the swap acts in cross-attention. 'keys only' / 'values "
                                        "only' use A's own rows on the other side and need EOS Swap K/V Patch on the "
                                        "MODEL (without it, keys only acts on both, values only on neither)."),
-                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
+                io.Float.Input("start_percent", default=D["start_percent"], min=0.0, max=1.0, step=0.01,
                                tooltip="Start of the window where the swap acts, in ComfyUI's sampling percent (as "
                                        "Conditioning Set Timestep Range); A's own encoding is used outside it."),
-                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
+                io.Float.Input("end_percent", default=D["end_percent"], min=0.0, max=1.0, step=0.01,
                                tooltip="End of the swap window. 0.2 = the first 20% (Fig. 5/6); 1.0 = all steps."),
-                io.Combo.Input("pooled_from", options=["B", "A"], default="B",
+                io.Combo.Input("pooled_from", options=[cmp.B, cmp.A], default=D["pooled_from"],
                                tooltip="Whose pooled vector (the [EOS] analogue: SDXL clip_g's, SD3 clip_l + "
                                        "clip_g's, Flux clip_l's) goes with the output, for each encoder in "
                                        "swap_encoders. B with eos_from A swaps the pooled vector alone. Ignored by "
                                        "SD1.x/SD2.x UNets; T5-only and LLM encoders have none."),
-                io.Int.Input("noise_seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
+                io.Int.Input("noise_seed", default=D["noise_seed"], min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
                              tooltip="Seed of the Gaussian noise used where a class comes from 'noise' (kept "
                                      "fixed, so the node and its sampler are not re-run on every queue)."),
-                io.String.Input("swap_encoders", default="all", optional=True,
+                io.String.Input("swap_encoders", default=D["swap_encoders"], optional=True,
                                 tooltip="Which text encoders take the composition (B's rows, zeros, noise) and, with "
                                         "pooled_from B, B's pooled vector; the others keep prompt A's own rows. "
                                         "'all' (default) or names separated by commas: SDXL clip_l, clip_g; SD3 "
@@ -284,12 +285,6 @@ class EOSSwapConditioning(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, clip, prompt_a, prompt_b, eos_from="B", sem_from="A", sos_from="A", padding_is_eos=True,
-                layout="prompt A", sem_repeats=1, apply_to=APPLY_BOTH, start_percent=0.0, end_percent=1.0,
-                pooled_from="B", noise_seed=0, swap_encoders="all", clip_b=None) -> io.NodeOutput:
-        conditioning, text, payload = build(
-            clip, prompt_a, prompt_b, sos_from=sos_from, sem_from=sem_from, eos_from=eos_from,
-            padding_is_eos=padding_is_eos, layout=layout, sem_repeats=sem_repeats, apply_to=apply_to,
-            start_percent=start_percent, end_percent=end_percent, pooled_from=pooled_from, noise_seed=noise_seed,
-            clip_b=clip_b, swap_encoders=swap_encoders)
+    def execute(cls, clip, prompt_a=D["prompt_a"], prompt_b=D["prompt_b"], clip_b=None, **options) -> io.NodeOutput:
+        conditioning, text, payload = build(clip, prompt_a, prompt_b, clip_b=clip_b, **options)
         return io.NodeOutput(conditioning, text, ui={TokenTableUI: [payload]})

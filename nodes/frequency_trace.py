@@ -77,7 +77,7 @@ class FrequencyRecorder(RunRecorder):
         coefs = [_vp_coefficients(model_sampling, s) for s in sigmas[:-1]]
         # a new run replaces the last one: nothing leaks from earlier prompts
         self.run = RecordedRun(
-            sigmas=[float(s) for s in sigmas[:-1]],
+            sigmas=sigmas[:-1].tolist(),
             noise=noise.detach().to("cpu", torch.float32, copy=True),
             c_in=[c[0] for c in coefs], signal_coef=[c[1] for c in coefs], noise_coef=[c[2] for c in coefs],
         )

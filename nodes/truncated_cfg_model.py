@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from ..shapefirst.guidance import UNITS_SIGMA
 from ._api import io
-from ._common import CATEGORY, as_validation
-from .truncated_cfg import (TEXT_CACHE_OFF, attach_text_cache, check_model_range, send_report, text_cache_input,
-                            window_from_inputs, window_inputs)
+from ._common import CATEGORY
 from .truncated_cfg_patch import patch_model
+from . import truncation_inputs as inputs
 
 MODEL_NODE = "TruncatedCFGModel"
 
@@ -35,8 +34,8 @@ class TruncatedCFGModel(io.ComfyNode):
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The model to sample with. It is cloned, never modified."),
-                *window_inputs(),
-                text_cache_input(),
+                *inputs.window_inputs(),
+                inputs.text_cache_input(),
             ],
             outputs=[io.Model.Output("patched_model", display_name="model",
                                      tooltip="The same model with truncated guidance; connect it to your sampler. "
@@ -45,18 +44,16 @@ class TruncatedCFGModel(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, guidance_start=None, guidance_end=None, tail=None, window=None, adaptive_threshold=None,
-                        window_units=None, sigma_low=None, sigma_high=None):
-        inputs = dict(locals())  # the window inputs by name
-        return as_validation(window_from_inputs, MODEL_NODE, None, inputs)
+    def validate_inputs(cls, sigma_low=None, sigma_high=None):
+        return inputs.validate_window(MODEL_NODE, sigma_low, sigma_high)
 
     @classmethod
-    def execute(cls, model, text_cache=TEXT_CACHE_OFF, **window) -> io.NodeOutput:
-        settings = window_from_inputs(MODEL_NODE, None, window)
+    def execute(cls, model, text_cache=inputs.TEXT_CACHE_OFF, **window) -> io.NodeOutput:
+        settings = inputs.window_from_inputs(MODEL_NODE, None, window)
         if settings.units == UNITS_SIGMA:
-            check_model_range(MODEL_NODE, settings, model)
+            inputs.check_model_range(MODEL_NODE, settings, model)
         patched, controller = patch_model(model, settings, MODEL_NODE)
-        attach_text_cache(MODEL_NODE, patched, controller, text_cache)
+        inputs.attach_text_cache(MODEL_NODE, patched, text_cache)
         node_id = cls.hidden.unique_id if cls.hidden else None
-        controller.on_finish = lambda report: send_report(node_id, report)
+        controller.on_finish = lambda report: inputs.send_report(node_id, report)
         return io.NodeOutput(patched)

@@ -15,9 +15,17 @@ One implementation for the KSampler drop-in, the guider and the MODEL patch node
   the sigma where the previous run of the same prompt ended (chained samplers: a high-noise then a
   low-noise KSamplerAdvanced) adds up with it into one report.
 
-Hook point: ``is_tail(sigma)`` (also stored in ``transformer_options[IS_TAIL_KEY]`` as a plain
-function, which survives ComfyUI's deep copies) tells whether an evaluation at ``sigma`` falls in
-the unguided tail of the run under way. Everything is attached to a clone.
+Which step an evaluation belongs to, without reading the device: samplers that evaluate the model
+once per step at the step's own sigma and report each step to the callback after it (euler, dpmpp_2m,
+lms, ...: ``ONE_EVALUATION_PER_STEP``) are followed by their callback, on the host; where the decision
+can change (inside the window and next to it) the evaluation's sigma is compared with the step's on the
+device, and the comparisons are read once, when the run ends (a sampler that broke the rule is named in
+a warning). A step of the tail away from the window does no work beyond core's one-pass step. Other samplers (heun, dpm_2, dpmpp_sde,
+ones from other packs) may evaluate between the schedule's sigmas: their evaluation's sigma is read
+(one read per evaluation, the decision's input).
+
+Each evaluation's decision travels with the call: ``transformer_options[TAIL_KEY]`` is True in the
+unguided tail and False inside the window (the text cache reads it). Everything is attached to a clone.
 """
 
 from __future__ import annotations
@@ -31,10 +39,23 @@ from ._common import KEY_PREFIX, LOGGER
 from ._patching import RunRecorder
 
 WRAPPER_KEY = f"{KEY_PREFIX}truncated_cfg"
-IS_TAIL_KEY = f"{KEY_PREFIX}truncated_cfg.is_tail"
+TAIL_KEY = f"{KEY_PREFIX}truncated_cfg.tail"  # per model call: True in the unguided tail, False inside the window
+# core k-diffusion samplers that evaluate the model once per step, at the step's own sigma, and call the
+# step callback after each step (read in ComfyUI 0.3.75 and 0.33.0; euler only without s_churn)
+ONE_EVALUATION_PER_STEP = frozenset({
+    "sample_euler", "sample_euler_ancestral", "sample_dpmpp_2m", "sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde",
+    "sample_lms", "sample_lcm", "sample_ipndm", "sample_ipndm_v", "sample_deis", "sample_dpmpp_2m_cfg_pp"})
 
 __all__ = ["MODE_ADAPTIVE", "MODE_FIXED", "TAIL_COND", "TAIL_UNCOND", "UNITS_SIGMA", "UNITS_STEPS", "GuidanceWindow",
-           "TruncationController", "patch_model", "IS_TAIL_KEY"]
+           "TruncationController", "patch_model", "TAIL_KEY"]
+
+
+def steps_by_callback(sampler) -> bool:
+    """True for a core sampler of ``ONE_EVALUATION_PER_STEP`` (its step callback tells each evaluation's step)."""
+    fn = getattr(sampler, "sampler_function", None)
+    options = getattr(sampler, "extra_options", None) or {}
+    return (getattr(fn, "__module__", None) == "comfy.k_diffusion.sampling"
+            and getattr(fn, "__name__", None) in ONE_EVALUATION_PER_STEP and not options.get("s_churn"))
 
 
 def _prompt_id():
@@ -67,12 +88,27 @@ class TruncationController(RunRecorder):
         self._pending: list = []  # (step, sigma, tensor of 3 stats) until the run ends: no sync per step
         self._rows_seen = self._rows_asked = 0
         self._warned_other = False
+        self._by_callback = False  # this run's steps come from the sampler's step callback
+        self._next_step = 0  # the step the next evaluation belongs to (by callback)
+        self._off_step: dict = {}  # device -> flag: an evaluation's sigma was not its step's (read at the end)
 
-    # -- hook point ---------------------------------------------------------------------------
-    def is_tail(self, sigma: float) -> bool:
-        """True when an evaluation at ``sigma`` is in the unguided tail of the run under way."""
+    # -- which step an evaluation belongs to ----------------------------------------------------
+    def on_step(self, step, x0, x, total_steps) -> None:
+        self._next_step = int(step) + 1
+
+    def _locate(self, timestep) -> tuple[int, float]:
+        """(step, sigma) of the evaluation at ``timestep``: from the step callback (no read), else read."""
         schedule = self.schedule
-        return self.active and schedule is not None and not schedule.is_guided(float(sigma))
+        if not self._by_callback:
+            sigma = float(timestep.flatten()[0])  # the decision's input: samplers between the schedule's sigmas
+            return schedule.step_of(sigma), sigma
+        sigma = schedule.sigmas[min(self._next_step, schedule.steps - 1)]
+        step = schedule.step_of(sigma)
+        if any(schedule.is_enabled(s) for s in (step - 1, step, step + 1)):  # where the decision can change
+            off = timestep.flatten()[0] != sigma  # on the device; read once when the run ends
+            flag = self._off_step.get(timestep.device)
+            self._off_step[timestep.device] = off if flag is None else flag | off
+        return step, sigma
 
     # -- run lifecycle --------------------------------------------------------------------------
     def begin(self, guider=None, sigmas=None, extra_args=None, noise=None) -> None:
@@ -85,6 +121,7 @@ class TruncationController(RunRecorder):
             return
         self.schedule = self.settings.plan(values)
         self.record = RunRecord(steps=self.schedule.steps)
+        self._by_callback = steps_by_callback(self.sampler)
         cfg = getattr(guider, "cfg", None)
         self._cfg = float(cfg) if isinstance(cfg, (int, float)) else self.settings.cfg
         # our row counter innermost, in this run's copy of the options: it sees only real model calls
@@ -106,6 +143,11 @@ class TruncationController(RunRecorder):
             return
         try:
             self._flush_curve()
+            if any(bool(flag) for flag in self._off_step.values()):  # one read per run
+                LOGGER.warning("%s: the sampler %s evaluated the model at a noise level other than its step's, so "
+                               "the window was applied to the steps its callback counted; please report this "
+                               "sampler.", self.node, getattr(getattr(self.sampler, "sampler_function", None),
+                                                              "__name__", type(self.sampler).__name__))
             if self._rows_seen:
                 r.rows_computed = self._rows_seen
             else:  # a model without DIFFUSION_MODEL wrappers: the rows handed to it
@@ -145,6 +187,10 @@ class TruncationController(RunRecorder):
             return executor(model, conds, x_in, timestep, model_options)
         rows = int(x_in.shape[0])
         report.evaluations += 1
+        step, sigma = self._locate(timestep)
+        schedule = self.schedule
+        guided = schedule.is_enabled(step)
+        options = _with_tail(model_options, not guided)
         active = sum(c is not None for c in conds)
         if len(conds) != 2 or active < 2:
             report.rows_full_cfg += rows * active
@@ -158,21 +204,18 @@ class TruncationController(RunRecorder):
                                    "run is sampled exactly, with nothing skipped.", self.node, len(conds))
             else:
                 report.single_pass += 1
-            return executor(model, conds, x_in, timestep, model_options)
+            return executor(model, conds, x_in, timestep, options)
         report.rows_full_cfg += 2 * rows
-        schedule = self.schedule
-        sigma = float(timestep.flatten()[0])
-        step = schedule.step_of(sigma)
-        if schedule.is_enabled(step):
+        if guided:
             report.guided += 1
             self._rows_asked += 2 * rows
-            out = executor(model, conds, x_in, timestep, model_options)
+            out = executor(model, conds, x_in, timestep, options)
             self._measure(step, sigma, out, x_in)
             return out
         keep = self.settings.keep
         only = [None, None]
         only[keep] = conds[keep]
-        out = executor(model, only, x_in, timestep, model_options)
+        out = executor(model, only, x_in, timestep, options)
         report.skipped_passes += 1
         self._rows_asked += rows
         return [out[keep], out[keep]]
@@ -198,6 +241,13 @@ class TruncationController(RunRecorder):
         self._pending = []
 
 
+def _with_tail(model_options: dict, tail: bool) -> dict:
+    """This call's own copy of ``model_options`` whose transformer_options say whether it is in the tail."""
+    transformer_options = dict(model_options.get("transformer_options", {}))
+    transformer_options[TAIL_KEY] = tail
+    return {**model_options, "transformer_options": transformer_options}
+
+
 def patch_model(model, window: GuidanceWindow, node: str = "TruncatedCFG"):
     """A clone of ``model`` with truncated guidance attached, and its controller.
 
@@ -208,10 +258,4 @@ def patch_model(model, window: GuidanceWindow, node: str = "TruncatedCFG"):
     controller = TruncationController(window, node)
     patched = controller.install(model, {pe.WrappersMP.CALC_COND_BATCH: controller.calc_cond_batch_wrapper,
                                          pe.WrappersMP.DIFFUSION_MODEL: controller.diffusion_model_wrapper})
-
-    def is_tail(sigma: float) -> bool:  # a plain function: shared, not copied, by ModelPatcher.clone
-        return controller.is_tail(sigma)
-
-    patched.model_options.setdefault("transformer_options", {})[IS_TAIL_KEY] = is_tail
     return patched, controller
-

@@ -5,7 +5,7 @@ position, averaged over heads and over all cross-attention layers, with each lay
 one common grid. Everything here is plain torch on whatever device the tensors live on:
 
 * ``head_mean_probs`` computes the probabilities of one attention call in bounded chunks;
-* ``joint_text_probs`` takes the image-query x text-key part of a joint attention call;
+* ``joint_text_probs`` takes the image-query x text-key part of a joint attention call, in either order;
 * ``fold_repeats`` undoes ComfyUI's repetition of a shorter context (cond/uncond batching);
 * ``take_frames`` / ``frames_to_batch`` keep the query rows of chosen frames of a video latent;
 * ``resample`` moves a map to the common grid and keeps every pixel's distribution summing to 1;
@@ -69,10 +69,13 @@ def head_mean_probs(q: torch.Tensor, k: torch.Tensor, heads: int, skip_reshape: 
     return out.mul_(1.0 / h)
 
 
-def joint_text_probs(q: torch.Tensor, k: torch.Tensor, heads: int, text: int, image: int,
+def joint_text_probs(q: torch.Tensor, k: torch.Tensor, heads: int, text: tuple[int, int], image: tuple[int, int],
                      skip_reshape: bool = False, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Joint attention over [text; image; ...] tokens (SD3/MMDiT, Flux, Qwen-Image, Lumina 2): the image queries'
-    probabilities on the text keys, (B, image, text), renormalised over the text keys.
+    """Joint attention over one sequence holding text and image tokens (SD3, Flux, Qwen-Image, Lumina 2:
+    [text; image]; HunyuanVideo: [image; text]): the image queries' probabilities on the text keys,
+    (B, image tokens, text tokens), renormalised over the text keys. ``text`` and ``image`` are the
+    (start, length) of each part in the sequence (``shapefirst.families.JointLayout.spans``), so the
+    order is read from the model's description, never assumed.
 
     Per head this is softmax over the text keys only of q_img k_txt^T / sqrt(d), which equals
     the image-query x text-key block of the joint softmax divided by its row sum (the share of
@@ -83,14 +86,16 @@ def joint_text_probs(q: torch.Tensor, k: torch.Tensor, heads: int, text: int, im
     which would make resolutions and steps incomparable; and it needs only the image x text
     scores, never the image x image ones (cheap, bounded memory). The share itself is not kept.
     """
+    (t0, tn), (i0, n) = text, image
+    rows, cols = slice(i0, i0 + n), slice(t0, t0 + tn)
     if skip_reshape:
-        qi, kt = q[:, :, text:text + image], k[:, :, :text]
+        qi, kt = q[:, :, rows], k[:, :, cols]
     else:
-        qi, kt = q[:, text:text + image], k[:, :text]
+        qi, kt = q[:, rows], k[:, cols]
     if mask is not None:  # over the joint sequence: keep the same block (query rows only when it has them)
         if mask.shape[-2] > 1 and (mask.ndim >= 3 or mask.dtype != torch.bool):  # (B, K) bool: keys only
-            mask = mask[..., text:text + image, :]
-        mask = mask[..., :text]
+            mask = mask[..., rows, :]
+        mask = mask[..., cols]
     return head_mean_probs(qi, kt, heads, skip_reshape=skip_reshape, mask=mask)
 
 
@@ -305,16 +310,18 @@ class AttentionRun:
     def has(self, branch: int, step: int) -> bool:
         return step in self.maps.get(branch, {})
 
-    def store(self, branch: int, step: int, mean_map: torch.Tensor, layers: dict | None = None) -> None:
-        """Keep one step: ``mean_map`` (B, T, gh, gw) float32 on any device."""
+    def store(self, branch: int, step: int, mean_map: torch.Tensor, layers: dict | None = None,
+              to_host=lambda t: t.to("cpu")) -> None:
+        """Keep one step: ``mean_map`` (B, T, gh, gw) float32 on any device, moved by ``to_host`` (an
+        asynchronous copy during sampling: settled by the caller before the run is read)."""
         t = mean_map.shape[1]
         self.token_count[branch] = t
-        self.token_means.setdefault(branch, {})[step] = mean_map.mean(dim=(-2, -1)).to("cpu", torch.float32)
+        self.token_means.setdefault(branch, {})[step] = to_host(mean_map.mean(dim=(-2, -1)).to(torch.float32))
         keep = min(t, self.max_tokens)
-        self.maps.setdefault(branch, {})[step] = mean_map[:, :keep].to("cpu", torch.float16)
+        self.maps.setdefault(branch, {})[step] = to_host(mean_map[:, :keep].to(torch.float16))
         if layers:
             self.layers.setdefault(branch, {})[step] = {
-                name: m[:, :keep].to("cpu", torch.float16) for name, m in layers.items()}
+                name: to_host(m[:, :keep].to(torch.float16)) for name, m in layers.items()}
             for name, m in layers.items():
                 self.layer_shapes[name] = tuple(m.shape[-2:])
 

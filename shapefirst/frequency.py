@@ -12,7 +12,6 @@ done in float32 and returned in the input dtype.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 import torch
 
@@ -122,17 +121,3 @@ def rms(x: torch.Tensor, dims: tuple[int, ...] | None = None) -> torch.Tensor:
     if dims is None:
         dims = tuple(range(1, x.ndim))
     return x.pow(2).mean(dim=dims).sqrt()
-
-
-@dataclass(frozen=True)
-class BandNorms:
-    """Per-sample RMS norms of the low and high parts of a tensor (shape (B,))."""
-
-    low: torch.Tensor
-    high: torch.Tensor
-
-
-def band_norms(x: torch.Tensor, low_fraction: float = 0.2) -> BandNorms:
-    """RMS of the low and high parts of each sample of a batch (first dim = batch)."""
-    low, high = split(x.to(torch.float32), low_fraction)
-    return BandNorms(rms(low), rms(high))

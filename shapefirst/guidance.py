@@ -58,17 +58,18 @@ def _finite(v) -> bool:
 
 @dataclass(frozen=True)
 class GuidanceWindow:
-    """Where guidance runs. Validated on construction (raises WindowError)."""
+    """Where guidance runs. Validated on construction (raises WindowError). The field defaults are the
+    nodes' defaults (``DEFAULT_WINDOW``): every default of the window lives here."""
 
     start: float = 0.0  # fractions of the sampled steps (units 'steps')
     end: float = 0.4
     tail: str = TAIL_UNCOND  # which branch is kept outside the window
     mode: str = MODE_FIXED
     threshold: float = 0.1  # adaptive mode: relative guidance strength that stops guidance
-    cfg: float = 7.5  # the guidance scale w, for the strength curve
+    cfg: float = 7.5  # the guidance scale w, for the strength curve (the guider's own cfg replaces it)
     units: str = UNITS_STEPS
-    sigma_low: float = 0.0  # units 'sigma': guided noise levels, inclusive
-    sigma_high: float = math.inf
+    sigma_low: float = 2.4  # units 'sigma': guided noise levels, inclusive; 2.4 is about where the
+    sigma_high: float = 1000.0  # paper's default window ends on SD1.x/SDXL; 1000: from the first step
 
     def __post_init__(self):
         if self.units not in (UNITS_STEPS, UNITS_SIGMA):
@@ -126,6 +127,9 @@ class GuidanceWindow:
             inside = [i for i in range(n) if low <= sigmas[i] <= high]
             first, stop = (inside[0], inside[-1] + 1) if inside else (n, n)
         return TruncationSchedule(self, list(sigmas), first, stop)
+
+
+DEFAULT_WINDOW = GuidanceWindow()
 
 
 def window_steps(n_steps: int, start: float, end: float) -> tuple[int, int]:

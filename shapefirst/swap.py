@@ -23,6 +23,17 @@ from .tokens import EOS, PAD, ROLE_LABELS, SEM, SOS, TokenizerInfo, TokenLayoutE
 
 ALL_A = {SOS: cmp.A, SEM: cmp.A, EOS: cmp.A}
 
+# EOS Swap Conditioning's options as the user picks them, and every default of its inputs (the node's
+# schema, its build and execute, and the workflow descriptions read these).
+LAYOUT_OPTIONS = {"prompt A": cmp.LAYOUT_PROMPT, "77 x [SOS]": cmp.LAYOUT_SOS_ONLY,
+                  "[SOS] + 76 x [EOS]": cmp.LAYOUT_SOS_EOS}
+APPLY_BOTH, APPLY_KEYS, APPLY_VALUES = "keys and values", "keys only", "values only"
+PROMPT_DEFAULTS = {"prompt_a": "A blue bird", "prompt_b": "A brown chair"}
+SWAP_DEFAULTS = {"eos_from": cmp.B, "sem_from": cmp.A, "sos_from": cmp.A, "padding_is_eos": True,
+                 "layout": "prompt A", "sem_repeats": 1, "apply_to": APPLY_BOTH, "start_percent": 0.0,
+                 "end_percent": 1.0, "pooled_from": cmp.B, "noise_seed": 0}
+OPTIONAL_DEFAULTS = {"swap_encoders": "all"}
+
 
 @dataclass(frozen=True)
 class EncoderLayout:

@@ -52,10 +52,6 @@ class TokenizerInfo:
     def templated(self) -> bool:
         return bool(self.prefix or self.suffix)
 
-    @property
-    def pads_with_end(self) -> bool:
-        return self.end is not None and self.pad == self.end
-
 
 def is_token_id(token) -> bool:
     """True for a vocabulary id; False for an embedding (textual inversion) vector."""

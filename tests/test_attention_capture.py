@@ -282,9 +282,10 @@ def test_a_model_without_text_attention_is_refused(comfy):
                       "adm_in_channels": None, "use_spatial_transformer": True, "legacy": False})
     config.set_inference_dtype(torch.float32, None)
     unet = mp.ModelPatcher(config.get_model({}), load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
-    with pytest.raises(ValueError, match=r"AttentionMapCapture: this model \(UNetModel\) has no cross-attention layers"
-                                         r".*Connect an SD1.x, SD2.x, SDXL, PixArt, SD3, Flux, Qwen-Image, Lumina 2, "
-                                         r"Wan 2.1 or Wan 2.2 model"):
+    with pytest.raises(ValueError, match=r"AttentionMapCapture: Attention Map Capture does not apply to this model "
+                                         r"\(SD1.x / SD2.x / SDXL, UNetModel\): it has no cross-attention layers .*"
+                                         r"Connect an SD1.x / SD2.x / SDXL, PixArt, Wan 2.1 / 2.2 text-to-video, Wan 2.1 "
+                                         r"image-to-video, SD3, Flux, Qwen-Image or Lumina 2 model\.$"):
         nodes.NODE_CLASS_MAPPINGS["AttentionMapCapture"].execute(unet, **CAPTURE)
 
 
@@ -311,8 +312,8 @@ def test_z_image_is_refused_and_lumina2_of_the_same_class_is_read_as_joint_atten
     patched, recorder = node.execute(lumina2, **CAPTURE).result
     assert recorder.kind == "joint" and patched is not lumina2
     z_image = tiny(sm.ZImage, z_image_modulation=True, pad_tokens_multiple=32)
-    with pytest.raises(ValueError, match=r"AttentionMapCapture: this model \(NextDiT\) has no cross-attention layers "
-                                         r"to capture: its text and image tokens are padded to a multiple of 32 inside "
-                                         r"the joint attention \(Z-Image\), a layout the capture does not read\. "
-                                         r"Connect an .*Lumina 2"):
+    with pytest.raises(ValueError, match=r"AttentionMapCapture: Attention Map Capture does not apply to this model "
+                                         r"\(Z-Image, NextDiT\): its text and image tokens are padded to a multiple of "
+                                         r"32 inside the joint attention, a layout the capture does not read\. "
+                                         r"Connect an .*Lumina 2 model\.$"):
         node.execute(z_image, **CAPTURE)

@@ -120,39 +120,21 @@ def test_an_earlier_override_is_chained(sd15_parts, request, with_container_func
 def test_multi_gpu_cfg_splitting_records_from_worker_threads(sd15_parts):
     import threading
 
-    import comfy.patcher_extension as pe
-    import comfy.samplers
-
-    if not hasattr(comfy.samplers, "_calc_cond_batch_multigpu"):
-        pytest.skip("this ComfyUI has no multi-GPU CFG splitting")
-    from comfy.multigpu import MultiGPUThreadPool
+    from multigpu import two_cpu_devices
 
     model, clip, _ = sd15_parts
-    # two "devices" that are both the CPU: the host's own splitting code runs cond and uncond on
-    # two pool threads at once, as it does on two GPUs
-    devices = [torch.device("cpu"), torch.device("cpu", 0)]
-    pool = MultiGPUThreadPool(devices)
     threads = set()
-
-    def split(executor, model_, conds, x_in, timestep, model_options):
-        options = {**model_options, "multigpu_clones": {d: model_.current_patcher for d in devices},
-                   "multigpu_thread_pool": pool}
-        return executor(model_, conds, x_in, timestep, options)
 
     def seen(n, context, value, extra):
         threads.add(threading.get_ident())
         return n, context, value
 
-    try:
-        split_plain = model.clone()
-        split_plain.add_wrapper_with_key(pe.WrappersMP.CALC_COND_BATCH, "test.split", split)
-        expected = _sample(split_plain, clip, steps=2)
+    with two_cpu_devices() as split:
+        expected = _sample(split(model), clip, steps=2)
         captured, rec = _capture(model, keep_layers=True)
-        captured.add_wrapper_with_key(pe.WrappersMP.CALC_COND_BATCH, "test.split", split)
+        captured = split(captured)
         captured.set_model_attn2_patch(seen)
         got = _sample(captured, clip, steps=2)
-    finally:
-        pool.shutdown()
     assert len(threads) == 2 and threading.get_ident() not in threads  # really two worker threads
     assert torch.equal(got, expected)
     split_run = rec.run

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from shapefirst import attention as A
-from shapefirst import heatmaps, metrics
+from shapefirst import families, heatmaps, metrics
 from shapefirst.tokens import EOS, SEM, SOS
 
 
@@ -71,13 +71,33 @@ def test_joint_text_probs_honour_a_key_mask_over_the_joint_sequence():
     k = torch.randn(2, heads, text + image, d, generator=g)
     mask = torch.zeros(2, 1, text + image)
     mask[1, 0, 3:text] = -torch.finfo(torch.float32).max  # the second prompt: its last two text tokens padded
-    p = A.joint_text_probs(q, k, heads, text, image, skip_reshape=True, mask=mask)
+    p = A.joint_text_probs(q, k, heads, (0, text), (text, image), skip_reshape=True, mask=mask)
     assert p.shape == (2, image, text) and torch.all(p[1, :, 3:] == 0)
     scores = q[:, :, text:].double() @ k[:, :, :text].double().transpose(-1, -2) / math.sqrt(d)
     want0 = scores[0].softmax(-1).mean(0)
     want1 = scores[1, :, :, :3].softmax(-1).mean(0)
     assert torch.allclose(p[0].double(), want0, atol=1e-6) and torch.allclose(p[1, :, :3].double(), want1, atol=1e-6)
     assert torch.allclose(p.sum(-1), torch.ones(2, image), atol=1e-6)
+
+
+@pytest.mark.parametrize("order", [families.TEXT_FIRST, families.IMAGE_FIRST])
+def test_joint_text_probs_read_the_parts_where_the_layout_puts_them(order):
+    """[text; image] (SD3, Flux) and [image; text] (HunyuanVideo): the same image-query x text-key block
+    whichever comes first, against a softmax over the text keys written out here."""
+    g = _gen(5)
+    text, image, extra, heads, d = 4, 6, 3, 2, 8
+    q_txt, q_img = torch.randn(1, text, heads * d, generator=g), torch.randn(1, image, heads * d, generator=g)
+    k_txt, k_img = torch.randn(1, text, heads * d, generator=g), torch.randn(1, image, heads * d, generator=g)
+    tail = torch.randn(1, extra, heads * d, generator=g)  # more tokens after both parts
+    parts = {"text": (q_txt, k_txt), "image": (q_img, k_img)}
+    q = torch.cat([parts[order[0]][0], parts[order[1]][0], tail], dim=1)
+    k = torch.cat([parts[order[0]][1], parts[order[1]][1], tail], dim=1)
+    spans = families.JointLayout(order=order).spans(text, image)
+    p = A.joint_text_probs(q, k, heads, *spans)
+    qh = q_img.double().view(1, image, heads, d).transpose(1, 2)
+    kh = k_txt.double().view(1, text, heads, d).transpose(1, 2)
+    want = (qh @ kh.transpose(-1, -2) / math.sqrt(d)).softmax(-1).mean(1)
+    assert p.shape == (1, image, text) and torch.allclose(p.double(), want, atol=1e-6)
 
 
 def test_folding_repeated_keys_gives_the_unrepeated_probabilities():

@@ -144,9 +144,10 @@ def test_kv_patch_refuses_a_model_whose_keys_and_values_it_cannot_split(comfy, f
     silently act on both or neither, so EOS Swap K/V Patch refuses the model with the fix."""
     g = {"1": {"class_type": "UNETLoader", "inputs": {"unet_name": family_models["sd3"], "weight_dtype": "default"}},
          "2": {"class_type": "EOSSwapKVPatch", "inputs": {"model": ["1", 0]}}}
-    with pytest.raises(GraphError, match=r"EOSSwapKVPatch: this model's network \(OpenAISignatureMMDITWrapper\) has no "
-                                         r"cross-attention with Keys and Values this patch can split.* use EOS Swap "
-                                         r"Conditioning with apply_to 'keys and values' on this model"):
+    with pytest.raises(GraphError, match=r"EOSSwapKVPatch: EOS Swap K/V Patch does not apply to this model \(SD3, "
+                                         r"OpenAISignatureMMDITWrapper\): joint attention: .* no Keys/Values pair of the "
+                                         r"prompt to split\. It works with .*; remove it and use EOS Swap Conditioning "
+                                         r"with apply_to 'keys and values' on this model"):
         comfy.run(g, outputs=["2"])
 
 

@@ -179,16 +179,17 @@ def test_text_cache_is_refused_with_the_fix(comfy, full_width_models, family):
     from devtools.harness import GraphError
 
     model = nodes.UNETLoader().load_unet(full_width_models[family], "default")[0]
-    with pytest.raises(ValueError, match=r"^TruncatedCFGModel: Truncated CFG: text_cache is not available for "
-                                         r"Qwen-Image \(joint attention: .*\); set text_cache to off$"):
+    with pytest.raises(ValueError, match=r"^TruncatedCFGModel: text_cache 'tail_output' does not apply to this model "
+                                         r"\(Qwen-Image, QwenImageTransformer2DModel\): joint attention: .*\. Set "
+                                         r"text_cache to 'off'\.$"):
         nodes.NODE_CLASS_MAPPINGS["TruncatedCFGModel"].execute(model, **WINDOW_ALL, text_cache="tail_output")
-    with pytest.raises(ValueError, match=r"^TruncatedCFGModel: text_cache 'keys_values' applies to UNet models .*"
-                                         r"Set text_cache to 'off'\.$"):
+    with pytest.raises(ValueError, match=r"^TruncatedCFGModel: text_cache 'keys_values' does not apply to this model "
+                                         r".*: keys_values applies to UNet cross-attention .*Set text_cache to 'off'\.$"):
         nodes.NODE_CLASS_MAPPINGS["TruncatedCFGModel"].execute(model, **WINDOW_ALL, text_cache="keys_values")
     g = base(full_width_models, family)  # the sampler node, through the executor: refused before sampling
     g["5"] = truncated(steps=STEPS, window={**WINDOW_ALL, "guidance_end": 0.5, "text_cache": "tail_output"})
-    with pytest.raises(GraphError, match=r"TruncatedCFGSampler: Truncated CFG: text_cache is not available for "
-                                         r"Qwen-Image"):
+    with pytest.raises(GraphError, match=r"TruncatedCFGSampler: text_cache 'tail_output' does not apply to this model "
+                                         r"\(Qwen-Image"):
         comfy.run(g, outputs=["5"])
 
 

@@ -1,9 +1,10 @@
 """Tier 2: the tail's text cache (nodes/text_cache.py) on real loaded models, sampled by core samplers.
 
 The patched model is built here the way the truncation nodes build it: truncated guidance
-(eq. 9) attached to a clone of a loaded MODEL, then the cache attached to that clone with an
-``is_tail`` computed in the test from the run's own sigmas. Cross-attention work is counted
-with forward hooks on each layer's query projection, which runs only when a layer computes.
+(eq. 9) attached to a clone of a loaded MODEL, then the cache attached to that clone; which steps
+are in the tail is counted here from the window (the first int(steps * end) are guided).
+Cross-attention work is counted with forward hooks on each layer's query projection, which runs
+only when a layer computes.
 """
 
 from __future__ import annotations
@@ -34,26 +35,14 @@ def sd15(comfy, sd15_ckpt):
     return model, encode("a red cube on a table"), encode(""), encode("a blue sphere in the sky")
 
 
-def _sigmas(model, steps=STEPS):
-    import comfy.samplers
-
-    return comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", steps).tolist()
-
-
-def _tail_from(sigmas, first_tail_step):
-    """is_tail for one run: the evaluations at sigmas at or below the first tail step's sigma."""
-    edge = sigmas[first_tail_step]
-    return lambda sigma: sigma <= edge * (1 + 1e-6)
-
-
 def _eq9(model, tail="uncond", end=END):
     patch = _pack("truncated_cfg_patch")
     return patch.patch_model(model, patch.GuidanceWindow(end=end, tail=tail, cfg=CFG))[0]
 
 
-def _cached(model, tail="uncond", end=END, steps=STEPS):
+def _cached(model, tail="uncond", end=END, mode="tail_output"):
     m = _eq9(model, tail, end)
-    _pack("text_cache").attach(m, _tail_from(_sigmas(model, steps), int(steps * end)))
+    _pack("text_cache").attach(m, mode, "test")
     return m
 
 
@@ -120,7 +109,7 @@ def test_applying_twice_replaces_and_the_users_model_is_untouched(sd15):
     cache = _pack("text_cache")
     once = _cached(model)
     twice = _cached(model)
-    cache.attach(twice, _tail_from(_sigmas(model), int(STEPS * END)))
+    cache.attach(twice, "tail_output", "test")
     for kind in (pe.WrappersMP.SAMPLER_SAMPLE, pe.WrappersMP.APPLY_MODEL):
         assert len(twice.get_wrappers(kind, cache.WRAPPER_KEY)) == 1
     assert once.object_patches.keys() == twice.object_patches.keys()
@@ -149,9 +138,9 @@ def test_joint_attention_models_are_refused_with_the_fix(comfy):
 
     flux = _tiny_flux()
     m = flux.clone()
-    with pytest.raises(ValueError, match=r"^Truncated CFG: text_cache is not available for Flux \(joint attention: "
-                                         r".*\); set text_cache to off$"):
-        _pack("text_cache").attach(m, lambda sigma: False)
+    with pytest.raises(ValueError, match=r"^test: text_cache 'tail_output' does not apply to this model \(Flux\): "
+                                         r"joint attention: .*\. Set text_cache to 'off'\.$"):
+        _pack("text_cache").attach(m, "tail_output", "test")
     assert not m.object_patches
 
 
@@ -189,9 +178,7 @@ def test_pixart_cross_attention_is_cached_in_the_tail(comfy):
         return out, len(calls)
 
     exact, n_exact = run(_eq9(pixart))
-    m = _eq9(pixart)
-    _pack("text_cache").attach(m, _tail_from(_sigmas(pixart), k))
-    cached, n_cached = run(m)
+    cached, n_cached = run(_cached(pixart))
     # cond and uncond have different lengths: separate calls while guided, one call in the tail
     blocks = len(net.diffusion_model.blocks)
     assert n_exact == blocks * (2 * k + (STEPS - k)) and n_cached == blocks * 2 * k
@@ -217,7 +204,7 @@ def test_the_exact_part_is_bit_identical_to_core_ksampler(sd15, sampler):
                 h.remove()
 
     exact = model.clone()
-    assert _pack("text_cache").attach_exact(exact)
+    _pack("text_cache").attach(exact, "keys_values", "test")
     core_calls, ours_calls = [], []
     core = ksampler(model, core_calls)
     ours = ksampler(exact, ours_calls)
@@ -226,7 +213,7 @@ def test_the_exact_part_is_bit_identical_to_core_ksampler(sd15, sampler):
     # with eq. 9, whose tail batch holds one branch only (another context shape): still the same bits
     eq9 = _eq9(model)
     both = _eq9(model)
-    _pack("text_cache").attach_exact(both)
+    _pack("text_cache").attach(both, "keys_values", "test")
     assert torch.equal(ksampler(eq9, []), ksampler(both, []))
 
 
@@ -239,7 +226,7 @@ def test_the_exact_part_recomputes_for_a_changed_context(sd15):
               + nodes.ConditioningSetTimestepRange().set_range(other, 0.5, 1.0)[0])
     latent = {"samples": torch.zeros(1, 4, 8, 8)}
     exact = model.clone()
-    _pack("text_cache").attach_exact(exact)
+    _pack("text_cache").attach(exact, "keys_values", "test")
     a = nodes.KSampler().sample(model, 2, 4, CFG, "euler", "normal", ranged, neg, latent)[0]["samples"]
     b = nodes.KSampler().sample(exact, 2, 4, CFG, "euler", "normal", ranged, neg, latent)[0]["samples"]
     assert torch.equal(a, b)
@@ -280,7 +267,89 @@ def test_tail_output_on_a_joint_attention_model_is_refused_naming_the_fix(comfy,
     truncated_model = comfy_nodes.NODE_CLASS_MAPPINGS["TruncatedCFGModel"]
     with pytest.raises(ValueError) as err:
         truncated_model.execute(sd3, text_cache="tail_output")
-    message = str(err.value)
-    assert "TruncatedCFGModel" in message and "text_cache" in message and "off" in message
+    message = str(err.value)  # the node named once, first; then what, why and the fix
+    assert message.startswith("TruncatedCFGModel: text_cache 'tail_output' does not apply to this model (SD3"), message
+    assert message.count("TruncatedCFGModel") == 1 and "Truncated CFG:" not in message, message
+    assert message.endswith("Set text_cache to 'off'."), message
     with pytest.raises(ValueError, match="keys_values"):
         truncated_model.execute(sd3, text_cache="keys_values")
+
+
+# -- core's multi-GPU CFG splitting (ComfyUI 0.33.0: cond and uncond on two pool threads at once) ----------
+
+
+class _Interleave:
+    """Forces, at each guided evaluation, the order in which two pool threads could run: the cond thread
+    is held inside its model call (after the cache has set up that call) until the uncond thread has set up
+    its own call, and the uncond thread then waits until the cond thread's call is over. State of a model
+    call kept anywhere but in the calling thread is then overwritten by the other branch's."""
+
+    WAIT = 60.0
+
+    def __init__(self):
+        import threading
+
+        self.threading = threading
+        self.guided = False
+        self._new()
+
+    def _new(self):
+        e = self.threading.Event
+        self.cond_in, self.uncond_in, self.cond_done = e(), e(), e()
+
+    def _wait(self, event):
+        assert event.wait(self.WAIT), "the two branches did not run on two threads at once"
+
+    def calc_cond_batch(self, executor, model, conds, x_in, timestep, model_options):
+        self.guided = sum(c is not None for c in conds) == 2  # the tail runs one branch on one thread
+        self._new()
+        return executor(model, conds, x_in, timestep, model_options)
+
+    def apply_model(self, executor, *args, **kwargs):  # outermost: before the cache sets up the call
+        chunks = args[5].get("cond_or_uncond")
+        if self.guided and chunks == [1]:
+            self._wait(self.cond_in)
+        return executor(*args, **kwargs)
+
+    def diffusion_model(self, executor, *args, **kwargs):  # inside the call the cache has set up
+        options = kwargs.get("transformer_options") or next(a for a in args if isinstance(a, dict))
+        chunks = options.get("cond_or_uncond")
+        if not self.guided:
+            return executor(*args, **kwargs)
+        if chunks == [0]:
+            self.cond_in.set()
+            self._wait(self.uncond_in)
+            try:
+                return executor(*args, **kwargs)
+            finally:
+                self.cond_done.set()
+        self.uncond_in.set()
+        self._wait(self.cond_done)
+        return executor(*args, **kwargs)
+
+
+def test_the_tail_cache_keeps_each_branch_under_multi_gpu_splitting(sd15):
+    """Core's multi-GPU CFG splitting runs the cond and uncond chunks of an evaluation on two pool threads
+    at once, each through the cache's hooks. Each thread's model call must see its own branch: the tail
+    then reuses the uncond output of the last guided step, as without splitting (same result to float
+    rounding of the batch split), never the cond output of the other thread. ``_Interleave`` forces the order
+    in which per-call state kept in one place for both threads is overwritten; without it the two threads
+    race on their own (which the first comparison shows when they do)."""
+    import comfy.patcher_extension as pe
+    from multigpu import two_cpu_devices
+
+    model, pos, neg, _ = sd15
+    order = _Interleave()
+    ordered = model.clone()  # the ordering wrappers first: outside the cache's own
+    ordered.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, "test.order", order.apply_model)
+    ordered.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, "test.order", order.diffusion_model)
+    with two_cpu_devices() as split:
+        unsplit, _ = _sample(_cached(model), pos, neg)
+        plain_split, _ = _sample(split(_cached(model)), pos, neg)
+        m = _cached(ordered)
+        m.add_wrapper_with_key(pe.WrappersMP.CALC_COND_BATCH, "test.order", order.calc_cond_batch)
+        interleaved, _ = _sample(split(m), pos, neg)
+        # what splitting the batch changes by itself (float rounding of two batches of one against one of two)
+        rounding = (_sample(split(_eq9(model)), pos, neg)[0] - _sample(_eq9(model), pos, neg)[0]).abs().max()
+    for got in (plain_split, interleaved):  # the wrong branch's outputs reused gave 14x and 60x the rounding
+        assert (got - unsplit).abs().max() <= 2 * rounding, ((got - unsplit).abs().max(), rounding)

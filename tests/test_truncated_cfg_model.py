@@ -239,24 +239,34 @@ def test_cfg_1_says_nothing_was_skipped_and_why(comfy, sd15_ckpt, caplog):
     assert any("there was no second pass to skip" in m for m in caplog.messages)
 
 
-def test_is_tail_tells_the_unguided_evaluations_of_the_run(comfy, sd15_ckpt):
+def test_each_evaluation_carries_its_tail_decision(comfy, sd15_ckpt):
+    """transformer_options[TAIL_KEY] of every model call says what the patch decided for its evaluation:
+    True exactly where the post-CFG hook sees one prediction in both slots (heun: 2 evaluations per step but
+    the last, each evaluation's sigma read, the second of the last guided step already in the tail;
+    dpmpp_2m: one per step, its step told by the sampler's callback)."""
+    import comfy.patcher_extension as pe
     import nodes
 
-    from_hook = []
     r = comfy.run(graphs.base(sd15_ckpt), outputs=["1", "2", "3", "4"])
-    ours = nodes.NODE_CLASS_MAPPINGS["TruncatedCFGModel"].execute(r.output_value("1", 0), **{
-        **WINDOW_ALL, "guidance_end": 0.5})[0]
-    is_tail = ours.model_options["transformer_options"]["shapefirst.truncated_cfg.is_tail"]
+    for sampler, evaluations, tails in (("heun", 5, 2), ("dpmpp_2m", 6, 3)):
+        ours = nodes.NODE_CLASS_MAPPINGS["TruncatedCFGModel"].execute(r.output_value("1", 0), **{
+            **WINDOW_ALL, "guidance_end": 0.5})[0]
+        flags, skipped = [], []
 
-    def post_cfg(args):  # in the tail both slots hold the one computed prediction
-        from_hook.append((is_tail(float(args["sigma"][0])), args["cond_denoised"] is args["uncond_denoised"]))
-        return args["denoised"]
+        def apply_model(executor, *args, **kwargs):
+            flags.append(args[5]["shapefirst.truncated_cfg.tail"])
+            return executor(*args, **kwargs)
 
-    ours.set_model_sampler_post_cfg_function(post_cfg)
-    nodes.common_ksampler(ours, 1, 6, 7.0, "heun", "normal", r.output_value("2"), r.output_value("3"),
-                          r.output_value("4"))
-    assert [t for t, _ in from_hook] == [skipped for _, skipped in from_hook]
-    assert sum(t for t, _ in from_hook) == 6 and not is_tail(1.0)  # heun: 2 evaluations x 3 steps; no run now
+        def post_cfg(args):  # in the tail both slots hold the one computed prediction
+            skipped.append(args["cond_denoised"] is args["uncond_denoised"])
+            return args["denoised"]
+
+        ours.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, "test.tail", apply_model)
+        ours.set_model_sampler_post_cfg_function(post_cfg)
+        steps = 3 if sampler == "heun" else 6
+        nodes.common_ksampler(ours, 1, steps, 7.0, sampler, "normal", r.output_value("2"), r.output_value("3"),
+                              r.output_value("4"))
+        assert flags == skipped and len(flags) == evaluations and sum(flags) == tails, (sampler, flags, skipped)
 
 
 @pytest.mark.parametrize("change,message", [
@@ -270,8 +280,16 @@ def test_bad_sigma_windows_name_the_node_and_the_fix(comfy, sd15_ckpt, change, m
     g["6"] = graphs.ksampler(("5", 0), ("4", 0), steps=3)
     g["7"] = {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}}
     g["8"] = {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}}
-    with pytest.raises(GraphError, match=message):
+    with pytest.raises(GraphError, match=message) as err:
         comfy.run(g)
+    details = err.value.details
+    if "node_errors" in details:  # refused by validation: marked on the two inputs the check reads, no other
+        errors = details["node_errors"]["5"]["errors"]
+        assert sorted(e["extra_info"]["input_name"] for e in errors) == ["sigma_high", "sigma_low"], errors
+        texts = [e["details"] for e in errors]
+    else:  # refused when the node runs
+        texts = [details["exception_message"]]
+    assert all(t.count("TruncatedCFGModel") == 1 and "Truncated CFG:" not in t for t in texts), texts  # named once
 
 
 def test_a_window_with_no_sampled_step_warns_with_the_sampled_sigmas(comfy, sd15_ckpt, caplog):
@@ -284,3 +302,29 @@ def test_a_window_with_no_sampled_step_warns_with_the_sampled_sigmas(comfy, sd15
         comfy.run(g, outputs=["6"])
     (warning,) = [m for m in caplog.messages if "no sampled step" in m]
     assert warning.startswith("TruncatedCFGModel:") and f"{float(sigmas[1]):.4g}" in warning
+
+
+def test_a_sampler_off_its_steps_sigma_is_named_in_a_warning(comfy, sd15_ckpt, caplog):
+    """Samplers followed by their step callback (euler...) must evaluate at their step's sigma; one that
+    does not (here a core euler that evaluates at a sigma 1% off) is named in a warning when the run ends."""
+    import nodes
+    from comfy import samplers
+    from comfy.k_diffusion import sampling as kd
+
+    def sample_euler(model, x, sigmas, *args, **kwargs):  # core's euler, fed a sigma 1% off its step's
+        return kd.sample_euler(lambda x_, s, **kw: model(x_, s * 1.01, **kw), x, sigmas, *args, **kwargs)
+
+    sample_euler.__module__ = kd.__name__
+    r = comfy.run(graphs.base(sd15_ckpt), outputs=["1", "2", "3", "4"])
+    ours = nodes.NODE_CLASS_MAPPINGS["TruncatedCFGModel"].execute(r.output_value("1", 0), **{
+        **WINDOW_ALL, "guidance_end": 0.5})[0]
+    guider = samplers.CFGGuider(ours)
+    guider.set_conds(r.output_value("2"), r.output_value("3"))
+    guider.set_cfg(7.0)
+    sigmas = samplers.calculate_sigmas(ours.get_model_object("model_sampling"), "normal", 4)
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    with caplog.at_level("WARNING", logger="shapefirst"):
+        guider.sample(noise, torch.zeros(1, 4, 8, 8), samplers.KSAMPLER(sample_euler), sigmas, disable_pbar=True)
+        guider.sample(noise, torch.zeros(1, 4, 8, 8), samplers.ksampler("euler"), sigmas, disable_pbar=True)
+    warnings = [m for m in caplog.messages if "evaluated the model at a noise level other than" in m]
+    assert len(warnings) == 1 and "sample_euler" in warnings[0]

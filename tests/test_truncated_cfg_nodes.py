@@ -200,14 +200,15 @@ def test_adaptive_window_stops_where_the_strength_falls_below_the_threshold(comf
     g = graphs.base(sd15_ckpt)
     g["5"] = truncated(("1", 0), ("4", 0), steps=8, window={**WINDOW_ALL, "window": "adaptive",
                                                             "adaptive_threshold": 1e-6})
-    g["6"] = truncated(("1", 0), ("4", 0), steps=8, window={**WINDOW_ALL, "window": "adaptive",
-                                                            "adaptive_threshold": 1e6})
-    r = comfy.run(g, outputs=["5", "6"])
-    never, first = r.ui["5"]["shapefirst_guidance"][0], r.ui["6"]["shapefirst_guidance"][0]
+    never = comfy.run(g, outputs=["5"]).ui["5"]["shapefirst_guidance"][0]
     assert never["stop_step"] is None and never["skipped_passes"] == 0 and len(never["curve"]) == 8
+    ratios = [p["ratio"] for p in never["curve"]]
+    # a threshold above the first step's strength stops after the first step
+    g["6"] = truncated(("1", 0), ("4", 0), steps=8, window={**WINDOW_ALL, "window": "adaptive",
+                                                            "adaptive_threshold": ratios[0] * 1.01})
+    first = comfy.run(g, outputs=["6"]).ui["6"]["shapefirst_guidance"][0]
     assert first["stop_step"] == 1 and first["guided_evaluations"] == 1 and first["skipped_passes"] == 7
     # a threshold in the middle of the measured curve stops at the first step below it
-    ratios = [p["ratio"] for p in never["curve"]]
     threshold = sorted(ratios)[len(ratios) // 2]
     g["7"] = truncated(("1", 0), ("4", 0), steps=8, window={**WINDOW_ALL, "window": "adaptive",
                                                             "adaptive_threshold": threshold})
@@ -241,21 +242,30 @@ def test_guider_with_custom_sigmas_matches_cfg_guider_and_truncates(comfy, sd15_
     assert any("6 steps, 6 model evaluations, 3 guided, 3 conditional passes skipped, 25.0%" in m for m in lines), lines
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"guidance_start": 0.6, "guidance_end": 0.4}, "guidance_start (0.6) is after guidance_end (0.4)"),
-    ({"guidance_end": 1.5}, "guidance_end must be a fraction between 0 and 1"),
-    ({"guidance_start": -0.2}, "guidance_start must be a fraction between 0 and 1"),
-    ({"steps": 0}, "steps must be at least 1"),
-    ({"window": "adaptive", "adaptive_threshold": 0.0}, "adaptive_threshold must be > 0 in adaptive mode"),
+@pytest.mark.parametrize("change,message,marked", [
+    # validation, each error on the inputs it concerns: ComfyUI's range checks, the sigma window's order
+    ({"guidance_end": 1.5}, r"Value 1.5 bigger than max of 1.0", {"guidance_end"}),
+    ({"guidance_start": -0.2}, r"Value -0.2 smaller than min of 0.0", {"guidance_start"}),
+    ({"steps": 0}, r"Value 0 smaller than min of 1", {"steps"}),
+    ({"window_units": "sigma", "sigma_low": 0.8, "sigma_high": 0.2},
+     r"TruncatedCFGSampler: sigma_low \(0.8\) is above sigma_high \(0.2\); swap them", {"sigma_low", "sigma_high"}),
+    # when the node runs (a check that reads several inputs would be reported on each of them)
+    ({"guidance_start": 0.6, "guidance_end": 0.4}, r"TruncatedCFGSampler: guidance_start \(0.6\) is after "
+                                                   r"guidance_end \(0.4\)", None),
+    ({"window": "adaptive", "adaptive_threshold": 0.0}, r"TruncatedCFGSampler: adaptive_threshold must be > 0 in "
+                                                        r"adaptive mode", None),
 ])
-def test_bad_inputs_name_the_node_and_the_fix(comfy, sd15_ckpt, change, message):
+def test_bad_inputs_name_the_node_and_the_fix(comfy, sd15_ckpt, change, message, marked):
     g = graphs.base(sd15_ckpt)
     g["5"] = truncated(("1", 0), ("4", 0), steps=4)
     g["5"]["inputs"].update(change)
     g["6"] = {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}}
     g["7"] = {"class_type": "PreviewImage", "inputs": {"images": ["6", 0]}}
-    with pytest.raises(GraphError, match=r"TruncatedCFGSampler: " + message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(GraphError, match=message) as err:
         comfy.run(g)
+    if marked is not None:  # the inputs the front end marks: those the error is about, once each
+        errors = err.value.details["node_errors"]["5"]["errors"]
+        assert sorted(e["extra_info"]["input_name"] for e in errors) == sorted(marked), errors
 
 
 def test_an_interrupted_run_leaves_nothing_behind(comfy, sd15_ckpt):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from shapefirst.swap import SWAP_DEFAULTS  # the node's own defaults (one place); re-exported for the specs
+
 from ..builder import WorkflowBuilder
 from .common import BIRD, BUTTERFLY, CHAIR, DEFAULT_CKPT, SKYLINE, side_by_side
-SWAP_DEFAULTS = {"eos_from": "B", "sem_from": "A", "sos_from": "A", "padding_is_eos": True, "layout": "prompt A",
-                 "sem_repeats": 1, "apply_to": "keys and values", "start_percent": 0.0, "end_percent": 1.0,
-                 "pooled_from": "B", "noise_seed": 0}
+
 # The width its token table opens to (js/token_table.js): a narrower node would widen over its neighbour.
 SWAP_SIZE = (420, 800)
 # Rows from one swap node to the next in a column: Nodes 2.0 draws it taller than 800 (about 850).
@@ -64,9 +64,9 @@ def _fig4(info: dict, name: str, a: str, b: str, label_a: str, label_b: str) -> 
     s.image(f"{label_a} + EOS {label_b}", ab.out(0), 2)
     s.image(f"{label_b} + EOS {label_a}", ba.out(0), 3)
     return s.finish(
-        f"ShapeFirst - Fig. 4 of Yi et al. (NeurIPS 2024): the [EOS] token carries the prompt. Left to right: A, B, "
-        f"\"[SOS] + A + [EOS] of B\" and \"[SOS] + B + [EOS] of A\". The swapped images follow the prompt that gave "
-        f"the [EOS] (its shapes), while colours and textures of the other may leak through. Same seed everywhere.")
+        "ShapeFirst - Fig. 4 of Yi et al. (NeurIPS 2024): the [EOS] token carries the prompt. Left to right: A, B, "
+        "\"[SOS] + A + [EOS] of B\" and \"[SOS] + B + [EOS] of A\". The swapped images follow the prompt that gave "
+        "the [EOS] (its shapes), while colours and textures of the other may leak through. Same seed everywhere.")
 
 
 def fig4_eos_swap_bird_chair(info: dict) -> dict:
