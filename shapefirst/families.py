@@ -145,6 +145,10 @@ _ATTENTION = "comfy.ldm.modules.attention"
 _WAN = "comfy.ldm.wan.model"
 _WAN_LAYERS = dict(attribute="cross_attn", reached=OVERRIDE, blocks="blocks")
 _WAN_KV = dict(kind="separate", embedder="text_embedding")
+_HV = "comfy.ldm.hunyuan_video.model.HunyuanVideo"
+_HV15_CAPTURE = ("its joint text holds the image prompt's and the quoted text's (glyph) tokens before the "
+                 "prompt's, in numbers the conditioning does not give, over video latents: a layout the capture "
+                 "does not read")
 
 FAMILIES: tuple[ModelFamily, ...] = (
     ModelFamily(
@@ -186,9 +190,20 @@ FAMILIES: tuple[ModelFamily, ...] = (
     ModelFamily("Chroma Radiance", "comfy.ldm.chroma_radiance.model.ChromaRadiance", JOINT,
                 _joint(capture=no("its image tokens are pixel patches: a layout the capture does not read")),
                 joint=JointLayout()),
-    ModelFamily("HunyuanVideo", "comfy.ldm.hunyuan_video.model.HunyuanVideo", JOINT,
+    ModelFamily("HunyuanVideo", _HV, JOINT,
                 _joint(capture=no("its text and image tokens attend jointly in a layout the capture has not been "
-                                  "checked against")), joint=JointLayout(order=IMAGE_FIRST), video=True),
+                                  "checked against")), when=(("vision_in_dim", "is None"),),
+                joint=JointLayout(order=IMAGE_FIRST), video=True),
+    # HunyuanVideo 1.5: HunyuanVideo's class with the image-prompt projection (vision_in_dim). Its double
+    # blocks put [image; text] in each joint call where they are built flipped (flipped_img_txt: ComfyUI
+    # 0.3.75), [text; image] where the flag is gone (0.33.0): the order is read from the network
+    ModelFamily("HunyuanVideo 1.5", _HV, JOINT, _joint(capture=no(_HV15_CAPTURE)),
+                when=(("vision_in_dim", "is not None"), ("double_blocks.0.flipped_img_txt", "==", True)),
+                joint=JointLayout(order=IMAGE_FIRST), video=True),
+    ModelFamily("HunyuanVideo 1.5", _HV, JOINT, _joint(capture=no(_HV15_CAPTURE)),
+                when=(("vision_in_dim", "is not None"), ("double_blocks.0", "is not None"),
+                      ("double_blocks.0.flipped_img_txt", "is None")),
+                joint=JointLayout(order=TEXT_FIRST), video=True),
     ModelFamily("AuraFlow", "comfy.ldm.aura.mmdit.MMDiT", JOINT,
                 _joint(capture=no("its joint sequence holds register tokens beside the text and image tokens, a "
                                   "layout the capture does not read"))),
