@@ -184,9 +184,8 @@ FAMILIES: tuple[ModelFamily, ...] = (
                           "joint attention, a layout the capture does not read")),
         when=(("pad_tokens_multiple", "is not None"),), joint=JointLayout(text_pad="pad_tokens_multiple", masked=True),
         text_encoders=("z_image",)),
-    ModelFamily("Chroma", "comfy.ldm.chroma.model.Chroma", JOINT,
-                _joint(capture=no("its text and image tokens attend jointly in a layout the capture has not been "
-                                  "checked against")), joint=JointLayout()),
+    ModelFamily("Chroma", "comfy.ldm.chroma.model.Chroma", JOINT, _joint(), joint=JointLayout(),
+                text_encoders=("pixart",)),  # T5-XXL through PixArt's tokenizer (CLIPLoader type chroma)
     ModelFamily("Chroma Radiance", "comfy.ldm.chroma_radiance.model.ChromaRadiance", JOINT,
                 _joint(capture=no("its image tokens are pixel patches: a layout the capture does not read")),
                 joint=JointLayout()),
