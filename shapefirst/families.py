@@ -146,6 +146,7 @@ _WAN = "comfy.ldm.wan.model"
 _WAN_LAYERS = dict(attribute="cross_attn", reached=OVERRIDE, blocks="blocks")
 _WAN_KV = dict(kind="separate", embedder="text_embedding")
 _HV = "comfy.ldm.hunyuan_video.model.HunyuanVideo"
+_FLUX = "comfy.ldm.flux.model.Flux"
 _HV15_CAPTURE = ("its joint text holds the image prompt's and the quoted text's (glyph) tokens before the "
                  "prompt's, in numbers the conditioning does not give, over video latents: a layout the capture "
                  "does not read")
@@ -173,7 +174,12 @@ FAMILIES: tuple[ModelFamily, ...] = (
         kv=KVProjection(image_branch=True, **_WAN_KV), video=True, text_encoders=("wan",)),
     ModelFamily("SD3", "comfy.ldm.modules.diffusionmodules.mmdit.OpenAISignatureMMDITWrapper", JOINT, _joint(),
                 joint=JointLayout(), text_encoders=("sd3",)),
-    ModelFamily("Flux", "comfy.ldm.flux.model.Flux", JOINT, _joint(), joint=JointLayout(), text_encoders=("flux",)),
+    ModelFamily("Flux", _FLUX, JOINT, _joint(), when=(("double_stream_modulation_img", "is None"),),
+                joint=JointLayout(), text_encoders=("flux",)),
+    # Flux 2 ([dev], Klein): Flux's class with one modulation shared by all blocks; the text is front-padded
+    # to 512 rows by core (model_base.Flux2), every row a text key of the joint call
+    ModelFamily("Flux 2", _FLUX, JOINT, _joint(), when=(("double_stream_modulation_img", "is not None"),),
+                joint=JointLayout()),
     ModelFamily("Qwen-Image", "comfy.ldm.qwen_image.model.QwenImageTransformer2DModel", JOINT, _joint(),
                 joint=JointLayout(masked=True), text_encoders=("qwen_image",)),
     ModelFamily("Lumina 2", "comfy.ldm.lumina.model.NextDiT", JOINT, _joint(), when=(("pad_tokens_multiple", "is None"),),
