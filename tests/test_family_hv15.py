@@ -126,3 +126,14 @@ def test_text_cache_kv_patch_and_capture_are_refused_with_the_reason(comfy, hv15
         nodes.NODE_CLASS_MAPPINGS["AttentionMapCapture"].execute(model, **{
             "record_uncond": True, "step_stride": 1, "max_tokens": 77, "max_grid": 64, "keep_layers": True,
             "memory_limit_mb": 1024.0})
+
+
+def test_eos_swap_refuses_hunyuan_video_15_s_tokenizer_with_the_reason(comfy, hv15):
+    """Its tokenizer (video chat template, byT5 glyph tokens for quoted text) is not described: the swap
+    refuses rather than read its rows as another family's."""
+    import nodes
+
+    with pytest.raises(ValueError, match=r"^EOSSwapConditioning: clip has a tokenizer this node does not know "
+                                         r"\(HunyuanVideo15Tokenizer\); \[SOS\]/\[EOS\] positions are only defined"):
+        nodes.NODE_CLASS_MAPPINGS["EOSSwapConditioning"].execute(tiny_hv15.text_encoder(), prompt_a="a cat",
+                                                                 prompt_b="a dog")
