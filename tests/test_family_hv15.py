@@ -16,7 +16,7 @@ import torch
 
 import family_checks as checks
 import tiny_hv15
-from tiny_files import clip_node, detected, graph
+from tiny_files import clip_node, detected, graph, loaded_as_saved
 
 pytestmark = pytest.mark.comfy
 
@@ -50,8 +50,7 @@ def test_core_detects_and_loads_the_file_as_hunyuan_video_15(comfy, hv15, runtim
     r = comfy.run(hv15, outputs=["1", "2", "3", "4"])
     model = r.output_value("1", 0)
     assert type(model.model).__name__ == "HunyuanVideo15"
-    loaded = model.model.diffusion_model.state_dict()
-    assert set(loaded) == set(sd) and all(torch.equal(loaded[k].float(), v.float()) for k, v in sd.items())
+    assert loaded_as_saved(model, sd)
     pos, neg = r.output_value("2")[0][0], r.output_value("3")[0][0]
     assert pos.shape == (1, 11, tiny_hv15.CONTEXT) and neg.shape == (1, 6, tiny_hv15.CONTEXT)
     assert r.output_value("4")["samples"].shape == (1, 32, 2, 4, 4)

@@ -54,6 +54,13 @@ def build_state_dict(config_class: str, unet: dict, seed: int, extra_norms: bool
     return disk_names(sd, extra_norms)
 
 
+def loaded_as_saved(model, sd: dict, extra_norms: bool = False) -> bool:
+    """Every tensor of the file ``sd`` is in the loaded network, with the same value (compared under the
+    on-disk names: ComfyUI 0.33 renames ``.scale`` norms on load), and the network has no other."""
+    loaded = disk_names(model.model.diffusion_model.state_dict(), extra_norms)
+    return set(loaded) == set(sd) and all(torch.equal(loaded[k].float(), v.float()) for k, v in sd.items())
+
+
 def ensure_file(models_dir, name: str, build) -> str:
     """The file ``name`` under ``models_dir/diffusion_models`` (built by ``build()`` if missing), its folder
     registered with ComfyUI; returns the name for UNETLoader."""
