@@ -1,6 +1,6 @@
 """A tiny Chroma for the tests: ComfyUI's own Chroma network at hidden 128 (one head of 128 rotary
 channels), one double and one single block, context 64, its modulation approximator 1 layer x 64 wide
-(out 128, the model width): about 0.7 M parameters.
+(out 128, the model width): 0.64 M parameters.
 
 Core detection fixes Chroma's approximator at 5 layers x 5120 (out 3072, so the width too): that model
 runs 344 modulation rows per image through 270 M parameters, seconds per evaluation on a CPU. So core's

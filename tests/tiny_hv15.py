@@ -1,7 +1,7 @@
 """A tiny HunyuanVideo 1.5 for the tests: ComfyUI's own HunyuanVideo network as core detection reads a
 HunyuanVideo 1.5 file (the 1152-wide ``vision_in`` projection is what selects ``HunyuanVideo15``;
 width, depth and context width are read from shapes), at hidden 128 (one head), one double and one
-single block, context 64, no byT5 glyph mapper: about 2.7 M parameters, loaded by core UNETLoader on
+single block, context 64, no byT5 glyph mapper: 3.0 M parameters (12 MB float32), loaded by core UNETLoader on
 ComfyUI 0.3.75 and 0.33.0 alike.
 
 Its text encoder (Qwen2.5-VL-7B) cannot be built small (a fixed 152064 x 3584 token table and vision
