@@ -145,6 +145,11 @@ _ATTENTION = "comfy.ldm.modules.attention"
 _WAN = "comfy.ldm.wan.model"
 _WAN_LAYERS = dict(attribute="cross_attn", reached=OVERRIDE, blocks="blocks")
 _WAN_KV = dict(kind="separate", embedder="text_embedding")
+_HV = "comfy.ldm.hunyuan_video.model.HunyuanVideo"
+_FLUX = "comfy.ldm.flux.model.Flux"
+_HV15_CAPTURE = ("its joint text holds the image prompt's and the quoted text's (glyph) tokens before the "
+                 "prompt's, in numbers the conditioning does not give, over video latents: a layout the capture "
+                 "does not read")
 
 FAMILIES: tuple[ModelFamily, ...] = (
     ModelFamily(
@@ -169,7 +174,12 @@ FAMILIES: tuple[ModelFamily, ...] = (
         kv=KVProjection(image_branch=True, **_WAN_KV), video=True, text_encoders=("wan",)),
     ModelFamily("SD3", "comfy.ldm.modules.diffusionmodules.mmdit.OpenAISignatureMMDITWrapper", JOINT, _joint(),
                 joint=JointLayout(), text_encoders=("sd3",)),
-    ModelFamily("Flux", "comfy.ldm.flux.model.Flux", JOINT, _joint(), joint=JointLayout(), text_encoders=("flux",)),
+    ModelFamily("Flux", _FLUX, JOINT, _joint(), when=(("double_stream_modulation_img", "is None"),),
+                joint=JointLayout(), text_encoders=("flux",)),
+    # Flux 2 ([dev], Klein): Flux's class with one modulation shared by all blocks; the text is front-padded
+    # to 512 rows by core (model_base.Flux2), every row a text key of the joint call
+    ModelFamily("Flux 2", _FLUX, JOINT, _joint(), when=(("double_stream_modulation_img", "is not None"),),
+                joint=JointLayout()),
     ModelFamily("Qwen-Image", "comfy.ldm.qwen_image.model.QwenImageTransformer2DModel", JOINT, _joint(),
                 joint=JointLayout(masked=True), text_encoders=("qwen_image",)),
     ModelFamily("Lumina 2", "comfy.ldm.lumina.model.NextDiT", JOINT, _joint(), when=(("pad_tokens_multiple", "is None"),),
@@ -180,15 +190,25 @@ FAMILIES: tuple[ModelFamily, ...] = (
                           "joint attention, a layout the capture does not read")),
         when=(("pad_tokens_multiple", "is not None"),), joint=JointLayout(text_pad="pad_tokens_multiple", masked=True),
         text_encoders=("z_image",)),
-    ModelFamily("Chroma", "comfy.ldm.chroma.model.Chroma", JOINT,
-                _joint(capture=no("its text and image tokens attend jointly in a layout the capture has not been "
-                                  "checked against")), joint=JointLayout()),
+    ModelFamily("Chroma", "comfy.ldm.chroma.model.Chroma", JOINT, _joint(), joint=JointLayout(),
+                text_encoders=("pixart",)),  # T5-XXL through PixArt's tokenizer (CLIPLoader type chroma)
     ModelFamily("Chroma Radiance", "comfy.ldm.chroma_radiance.model.ChromaRadiance", JOINT,
                 _joint(capture=no("its image tokens are pixel patches: a layout the capture does not read")),
                 joint=JointLayout()),
-    ModelFamily("HunyuanVideo", "comfy.ldm.hunyuan_video.model.HunyuanVideo", JOINT,
+    ModelFamily("HunyuanVideo", _HV, JOINT,
                 _joint(capture=no("its text and image tokens attend jointly in a layout the capture has not been "
-                                  "checked against")), joint=JointLayout(order=IMAGE_FIRST), video=True),
+                                  "checked against")), when=(("vision_in_dim", "is None"),),
+                joint=JointLayout(order=IMAGE_FIRST), video=True),
+    # HunyuanVideo 1.5: HunyuanVideo's class with the image-prompt projection (vision_in_dim). Its double
+    # blocks put [image; text] in each joint call where they are built flipped (flipped_img_txt: ComfyUI
+    # 0.3.75), [text; image] where the flag is gone (0.33.0): the order is read from the network
+    ModelFamily("HunyuanVideo 1.5", _HV, JOINT, _joint(capture=no(_HV15_CAPTURE)),
+                when=(("vision_in_dim", "is not None"), ("double_blocks.0.flipped_img_txt", "==", True)),
+                joint=JointLayout(order=IMAGE_FIRST), video=True),
+    ModelFamily("HunyuanVideo 1.5", _HV, JOINT, _joint(capture=no(_HV15_CAPTURE)),
+                when=(("vision_in_dim", "is not None"), ("double_blocks.0", "is not None"),
+                      ("double_blocks.0.flipped_img_txt", "is None")),
+                joint=JointLayout(order=TEXT_FIRST), video=True),
     ModelFamily("AuraFlow", "comfy.ldm.aura.mmdit.MMDiT", JOINT,
                 _joint(capture=no("its joint sequence holds register tokens beside the text and image tokens, a "
                                   "layout the capture does not read"))),

@@ -285,7 +285,7 @@ def test_a_model_without_text_attention_is_refused(comfy):
     with pytest.raises(ValueError, match=r"AttentionMapCapture: Attention Map Capture does not apply to this model "
                                          r"\(SD1.x / SD2.x / SDXL, UNetModel\): it has no cross-attention layers .*"
                                          r"Connect an SD1.x / SD2.x / SDXL, PixArt, Wan 2.1 / 2.2 text-to-video, Wan 2.1 "
-                                         r"image-to-video, SD3, Flux, Qwen-Image or Lumina 2 model\.$"):
+                                         r"image-to-video, SD3, Flux, Flux 2, Qwen-Image, Lumina 2 or Chroma model\.$"):
         nodes.NODE_CLASS_MAPPINGS["AttentionMapCapture"].execute(unet, **CAPTURE)
 
 
@@ -315,5 +315,5 @@ def test_z_image_is_refused_and_lumina2_of_the_same_class_is_read_as_joint_atten
     with pytest.raises(ValueError, match=r"AttentionMapCapture: Attention Map Capture does not apply to this model "
                                          r"\(Z-Image, NextDiT\): its text and image tokens are padded to a multiple of "
                                          r"32 inside the joint attention, a layout the capture does not read\. "
-                                         r"Connect an .*Lumina 2 model\.$"):
+                                         r"Connect an .*Lumina 2 or Chroma model\.$"):
         node.execute(z_image, **CAPTURE)
