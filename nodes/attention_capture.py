@@ -9,11 +9,12 @@ How the probabilities are read follows the model's description (``shapefirst/fam
   computes softmax(q k^T / sqrt(d)) from the projected q and k it is handed, then attends exactly as the
   host would: the layer's preferred backend, the backend's own path for q/k/v tensor containers, an
   earlier override chained. The output is ComfyUI's own, so sampling is bit-identical with or without it.
-* joint attention (SD3, Flux, Qwen-Image, Lumina 2): text and image tokens attend jointly through the same
-  override, in the order the family's layout gives; the image-query x text-key block of each joint call
+* joint attention (SD3, Flux, Qwen-Image, Lumina 2, Z-Image): text and image tokens attend jointly through
+  the same override, in the order and with the padding the family's layout gives; the image-query x text-key block of each joint call
   is kept, renormalised over the text tokens, with the mask the model passes to that call. Calls over
   fewer tokens than text + image are not joint and are skipped: SD3.5's image-only attention, Lumina
-  2's context refiner (text only) and noise refiner (image only).
+  2's context refiner (text only) and noise refiner (image only); where both parts are padded (Z-Image)
+  only calls of exactly the padded text + padded image tokens are joint.
 * cross-attention whose call passes no transformer_options (PixArt): an object patch on each layer
   recomputes q and k from the layer's own projections and then runs the original forward.
 * cross-attention over a video latent reached by the override (Wan 2.1 / 2.2, text- and image-to-video):
@@ -108,7 +109,7 @@ class AttentionMapCapture(io.ComfyNode):
                 "optionally the unconditional one. Same maps under every attention backend; the sampled image is "
                 "identical to sampling without it. Memory: 2 bytes x steps x tokens x grid pixels per image and "
                 "branch (SDXL 1024 px, 30 steps, 77 tokens: 19 MB), kept on the CPU until the next run. "
-                "SD1.x, SD2.x, SDXL and PixArt (cross-attention); SD3, Flux, Qwen-Image and Lumina 2 (joint "
+                "SD1.x, SD2.x, SDXL and PixArt (cross-attention); SD3, Flux, Qwen-Image, Lumina 2 and Z-Image (joint "
                 "attention: each image token's attention on the text tokens, renormalised over the text tokens); "
                 "Wan 2.1 / 2.2 text- and image-to-video (cross-attention, one map per kept latent frame: "
                 "frame_stride). Use one "
