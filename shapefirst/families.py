@@ -195,8 +195,9 @@ FAMILIES: tuple[ModelFamily, ...] = (
                 _joint(capture=no("its joint sequence holds register tokens beside the text and image tokens, a "
                                   "layout the capture does not read"))),
     ModelFamily("HiDream", "comfy.ldm.hidream.model.HiDreamImageTransformer2DModel", JOINT,
-                _joint(capture=no("its text reaches the image through joint layers fed by several text encoders, a "
-                                  "layout the capture does not read"))),
+                _joint(capture=no("its joint attention puts the image tokens first and then the rows of two text "
+                                  "encoders (T5, and per block a different Llama layer), a layout the capture does "
+                                  "not read"))),
     ModelFamily("OmniGen 2", "comfy.ldm.omnigen.omnigen2.OmniGen2Transformer2DModel", JOINT,
                 _joint(capture=no("its joint layout (reference images beside the text) is not read by the capture"))),
 )
