@@ -136,12 +136,27 @@ class TruncationController(RunRecorder):
         if wrappers and self.key in wrappers:
             wrappers[self.key] = wrappers.pop(self.key)
         s = self.settings
+        self._check_references(getattr(guider, "conds", None) or {})
         if s.units == UNITS_SIGMA and not self.schedule.guided_steps:
             LOGGER.warning(
                 "%s: no sampled step has a noise level in the window [%g, %g] (sampled sigmas: %s), so this "
                 "run is not guided at all (expected for the low-noise sampler of a chain). To guide it, widen "
                 "sigma_low / sigma_high to include some of these sigmas.", self.node, s.sigma_low, s.sigma_high,
                 ", ".join(f"{v:.4g}" for v in values[:-1]))
+
+    def _check_references(self, conds: dict) -> None:
+        """Edit models (Qwen-Image-Edit, Flux Kontext, ...) see the input image as reference latents of the
+        conditioning; a tail that keeps a negative without them samples as if there were no input image."""
+        def has_references(key):
+            return any("ref_latents" in (c.get("model_conds") or {}) for c in conds.get(key) or [])
+
+        if self.settings.tail != TAIL_UNCOND or "negative" not in conds or has_references("negative"):
+            return
+        if any(has_references(k) for k in conds if k != "negative"):
+            LOGGER.warning("%s: the positive prompt carries reference latents (an edit model's input image) and the "
+                           "negative prompt none, so the unguided tail (tail 'uncond') samples without the input "
+                           "image. Give the negative the same reference latents (ReferenceLatent on both, as core's "
+                           "edit templates do), or set tail to 'cond'.", self.node)
 
     def finish(self, completed: bool = True) -> None:
         r = self.record

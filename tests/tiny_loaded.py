@@ -93,3 +93,26 @@ def unregister_held_models() -> None:
 
     HeldModel.MODELS.clear()
     nodes.NODE_CLASS_MAPPINGS.pop(HeldModel.NODE_ID, None)
+
+
+class HeldLatent(Held):
+    """A test-only loader node: returns a LATENT built in the test ({"samples": tensor})."""
+
+    NODE_ID = "ShapeFirstTestHeldLatent"
+    LATENTS: dict = {}
+    VALUES = LATENTS
+    RETURN_TYPES = ("LATENT",)
+
+
+def register_held_latents(**latents) -> None:
+    import nodes
+
+    HeldLatent.LATENTS.update(latents)
+    nodes.NODE_CLASS_MAPPINGS[HeldLatent.NODE_ID] = HeldLatent
+
+
+def unregister_held_latents() -> None:
+    import nodes
+
+    HeldLatent.LATENTS.clear()
+    nodes.NODE_CLASS_MAPPINGS.pop(HeldLatent.NODE_ID, None)
