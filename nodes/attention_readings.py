@@ -119,7 +119,11 @@ class Observers:
         pad = self.reading.text_pad
         text = -(-call.text // pad) * pad if pad else call.text
         if self.reading.layout.padded and pad:  # both parts padded: a joint call is exactly their padded sum
-            joint = nq == text + -(-hw[0] * hw[1] // pad) * pad
+            expected = text + -(-hw[0] * hw[1] // pad) * pad
+            joint = nq == expected
+            if nq > expected and nq == nk:
+                self._warn("padded_extra", f"a joint-attention call over {nq} tokens, more than the {expected} of the "
+                                           "padded text and image (reference images?), was not recorded.")
         else:
             joint = nq >= text + hw[0] * hw[1]
         if nq != nk or heads is None or not joint:

@@ -233,7 +233,7 @@ class TruncationController(RunRecorder):
             report.guided += 1
             self._rows_asked += active * rows
             out = executor(model, conds, x_in, timestep, options)
-            self._measure(step, sigma, self._guidance_pair(out), x_in)
+            self._measure(step, sigma, *self._guidance_pair(conds, out), x_in)
             return out
         only = [None] * len(conds)
         only[keep] = conds[keep]
@@ -259,19 +259,23 @@ class TruncationController(RunRecorder):
             return next((i for i in (0, 1) if conds[i] is not None), 2)
         return None
 
-    def _guidance_pair(self, out):
-        """(guided prediction, unguided prediction) of an evaluation, for the guidance-strength curve."""
+    def _guidance_pair(self, conds, out) -> tuple:
+        """(guided prediction, unguided prediction, scale) of an evaluation, for the guidance-strength curve:
+        CFG's (cond, uncond, cfg); DualCFGGuider's combined prediction against its unguided branch (the
+        negative, or the middle when core left the negative out), scale 1."""
         if len(out) == 2:
-            return out
+            return out[0], out[1], self._cfg
         g = self._guider
         n, m, p = out
+        if conds[0] is None:  # regular style, cfg_cond2_negative 1: m + cfg1 (p - m)
+            return m + g.cfg1 * (p - m), m, 1.0
         if getattr(g, "nested", False):
-            return n + g.cfg2 * (m + g.cfg1 * (p - m) - n), n
-        return n + g.cfg2 * (m - n) + g.cfg1 * (p - m), n
+            return n + g.cfg2 * (m + g.cfg1 * (p - m) - n), n, 1.0
+        return n + g.cfg2 * (m - n) + g.cfg1 * (p - m), n, 1.0
 
     # -- helpers ------------------------------------------------------------------------------------
-    def _measure(self, step: int, sigma: float, out, x_in) -> None:
-        u, g, ratio = guidance.guidance_strength(out[0], out[1], x_in, self._cfg if len(out) == 2 else 1.0)
+    def _measure(self, step: int, sigma: float, cond, uncond, cfg: float, x_in) -> None:
+        u, g, ratio = guidance.guidance_strength(cond, uncond, x_in, cfg)
         if step not in self._curve_steps:  # one point per step: its first evaluation
             self._curve_steps.add(step)
             # kept on the device and read once at the end: a read here would stall the GPU every step

@@ -13,7 +13,8 @@ from eq9_reference import Eq9Reference
 from test_families import WINDOW_ALL, _count_rows, _samples, ksampler, truncated
 
 __all__ = ["WINDOW_ALL", "ksampler", "truncated", "_samples", "graph", "check_window_over_all_steps_is_core",
-           "check_truncated_window", "renormalised_block", "CAPTURE"]
+           "check_truncated_window", "renormalised_block", "CAPTURE", "view", "template_roles", "check_class_shares",
+           "check_joint_refusals"]
 
 CAPTURE = {"record_uncond": True, "step_stride": 1, "max_tokens": 77, "max_grid": 64, "keep_layers": True,
            "memory_limit_mb": 1024.0}
@@ -89,3 +90,63 @@ def renormalised_block(q, k, text: tuple[int, int], image: tuple[int, int]):
     joint = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
     block = joint[:, :, image[0]:image[0] + image[1], text[0]:text[0] + text[1]]
     return (block / block.sum(-1, keepdim=True)).mean(1), block.sum(-1)
+
+
+def view(capture, clip, prompt: str, size=64) -> dict:
+    """The ui of Attention Map View on ``capture`` (after its sampling run) over a blank picture: its token
+    labels and roles come from the CLIP, its class weights from the capture, independently of the picture."""
+    import nodes
+
+    out = nodes.NODE_CLASS_MAPPINGS["AttentionMapView"].execute(
+        capture=capture, images=torch.zeros(1, size, size, 3), clip=clip, prompt=prompt, branch="cond",
+        tokens="auto", steps="auto", batch_index=0, cell_size=32, edge_size=64, canny_low=0.1, canny_high=0.2,
+        edge_tolerance=1, filename_prefix="tests/attention_family")
+    return out.ui
+
+
+def template_roles(clip, prompt: str, keep_prefix: bool) -> list:
+    """Roles of an LLM chat template's rows, from the tokenizer ComfyUI wraps applied to the template's parts
+    and the prompt on their own: the prefix [SOS] (when the encoder keeps it), the prompt SEM, the closing EOS."""
+    from shapefirst.tokens import EOS, SEM, SOS
+
+    tok = clip.tokenizer
+    sub = getattr(tok, tok.clip)
+    before, after = tok.llama_template.split("{}")
+
+    def count(text):
+        return len(sub.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    return [SOS] * (count(before) if keep_prefix else 0) + [SEM] * count(prompt) + [EOS] * count(after)
+
+
+def check_class_shares(run, ui: dict, roles: list):
+    """The view's roles are ``roles``, its class weights the sums of the capture's token means per role (cond,
+    image 0, step 0)."""
+    import pytest
+
+    d = ui["shapefirst_attention"][0]
+    assert [t["role"] for t in d["tokens"]] == roles
+    means = run.token_means[0][0][0].double()
+    for role in sorted(set(roles)):
+        want = sum(means[i].item() for i, x in enumerate(roles) if x == role)
+        assert d["class_shares"][role][0] == pytest.approx(want, abs=2e-3) and want > 0
+
+
+def check_joint_refusals(model, label: str):
+    """The text cache and the K/V patch refuse a joint-attention model, through their nodes, with the reason
+    and the fix; ``label`` is how the message names the model ("Z-Image, NextDiT")."""
+    import re
+
+    import nodes
+    import pytest
+
+    window = {k: v for k, v in WINDOW_ALL.items()}
+    with pytest.raises(ValueError, match=rf"^TruncatedCFGModel: text_cache 'tail_output' does not apply to this model "
+                                         rf"\({re.escape(label)}\): joint attention: text and image tokens share one "
+                                         rf"softmax.*\. Set text_cache to 'off'\.$"):
+        nodes.NODE_CLASS_MAPPINGS["TruncatedCFGModel"].execute(model, **window, text_cache="tail_output")
+    with pytest.raises(ValueError, match=rf"^EOSSwapKVPatch: EOS Swap K/V Patch does not apply to this model "
+                                         rf"\({re.escape(label)}\): joint attention: the text tokens are projected "
+                                         rf"to Keys and Values inside every block.*remove it and use EOS Swap "
+                                         rf"Conditioning"):
+        nodes.NODE_CLASS_MAPPINGS["EOSSwapKVPatch"].execute(model)

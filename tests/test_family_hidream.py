@@ -21,7 +21,8 @@ import pytest
 import torch
 
 import text_encoders
-from family_checks import check_truncated_window, check_window_over_all_steps_is_core, graph
+from family_checks import (check_joint_refusals, check_truncated_window, check_window_over_all_steps_is_core,
+                           graph)
 from test_truncated_cfg_model import browser_events, reports  # noqa: F401 (browser_events: autouse, the reports)
 from tiny_loaded import detected_on_meta, register_held_models, tiny_model, unregister_held_models
 
@@ -86,7 +87,7 @@ def test_core_detects_hidream_and_the_description_reads_it(comfy, hidream):
     assert type(hidream.model.model_config).__name__ == "HiDream"
     network = _pack("model_families").describe(hidream)
     assert network.family.name == "HiDream" and network.why_not("truncation") is None
-    assert network.why_not("text_cache").startswith("joint attention")
+    check_joint_refusals(hidream, "HiDream, HiDreamImageTransformer2DModel")
     with pytest.raises(ValueError, match=r"^AttentionMapCapture: Attention Map Capture does not apply to this model "
                                          r"\(HiDream, HiDreamImageTransformer2DModel\): its joint attention puts the "
                                          r"image tokens first and then the rows of two text encoders .*Connect an "):
@@ -161,6 +162,9 @@ def test_dual_cfg_window_over_all_steps_is_core_dual_cfg_bit_for_bit(comfy, hidr
     (report,) = reports(r, "5")
     assert report["skipped_passes"] == 0 and report["rows_computed"] == report["rows_full_cfg"] == 3 * STEPS
     assert "inside the guidance window" in report["note"]
+    # the curve: per step the combined guidance against the negative's prediction
+    assert [p["step"] for p in report["curve"]] == list(range(STEPS))
+    assert all(p["rms_uncond"] > 0 and 0 < p["ratio"] < 10 for p in report["curve"])
 
 
 @pytest.mark.parametrize("style,tail,cfg2,keep,rows", [

@@ -22,8 +22,9 @@ import pytest
 import torch
 
 import text_encoders
-from family_checks import (CAPTURE, check_truncated_window, check_window_over_all_steps_is_core, graph, ksampler,
-                           renormalised_block)
+from family_checks import (CAPTURE, check_class_shares, check_joint_refusals, check_truncated_window,
+                           check_window_over_all_steps_is_core, graph, ksampler, renormalised_block, template_roles,
+                           view)
 from tiny_loaded import (register_held_latents, register_held_models, tiny_model, unregister_held_latents,
                          unregister_held_models)
 
@@ -68,7 +69,7 @@ def test_the_description_reads_the_edit_model_as_qwen_image(comfy, qwen_edit):
     assert network.family.name == "Qwen-Image" and type(qwen_edit.model).__name__ == "QwenImage"
     for feature in ("truncation", "capture"):
         assert network.why_not(feature) is None, feature
-    assert network.why_not("text_cache").startswith("joint attention")
+    check_joint_refusals(qwen_edit, "Qwen-Image, QwenImageTransformer2DModel")
     r = comfy.run(_edit_graph(), outputs=["2", "3"])
     for node in ("2", "3"):  # core's ReferenceLatent put the reference on both prompts
         (ref,) = r.output_value(node)[0][1]["reference_latents"]
@@ -97,10 +98,12 @@ def test_capture_reads_text_and_image_tokens_and_leaves_the_references_out(comfy
         seen.append(out.detach().double().clone())
         return out
 
-    g = _edit_graph()
+    prompt = "make the cat blue"
+    g = _edit_graph(prompt)
+    loaders = dict(g)
     g["5"] = {"class_type": "AttentionMapCapture", "inputs": {"model": ["1", 0], **CAPTURE}}
     g["7"] = ksampler(model=("5", 0), steps=1)
-    r0 = comfy.run({k: v for k, v in g.items() if k not in ("5", "7")}, outputs=["2", "3"])
+    r0 = comfy.run(loaders, outputs=["2", "3"])
     positive, negative = r0.output_value("2")[0][0], r0.output_value("3")[0][0]
     dm = qwen_edit.model.diffusion_model
     handle = dm.txt_norm.register_forward_hook(lambda m, i, o: contexts.append(i[0].detach().double().clone()))
@@ -110,9 +113,10 @@ def test_capture_reads_text_and_image_tokens_and_leaves_the_references_out(comfy
     finally:
         handle.remove()
         monkeypatch.undo()
-    plain = comfy.run({**g, "6": ksampler(steps=1)}, fresh_cache=False, outputs=["6"])
-    assert torch.equal(r.output_value("7")["samples"], plain.output_value("6")["samples"])
-    run = r.output_value("5", 1).run
+    captured, capture = r.output_value("7")["samples"], r.output_value("5", 1)  # before the next run's cache
+    plain = comfy.run({**loaders, "6": ksampler(steps=1)}, fresh_cache=False, outputs=["6"])
+    assert torch.equal(captured, plain.output_value("6")["samples"])
+    run = capture.run
     lengths = {0: positive.shape[1], 1: negative.shape[1]}
     assert lengths[0] != lengths[1]
     assert run.model_kind == "joint" and run.grid == (4, 4) and run.layer_names == ["double.0"]
@@ -131,6 +135,11 @@ def test_capture_reads_text_and_image_tokens_and_leaves_the_references_out(comfy
         assert share.max() < 0.99
     sums = run.maps[0][0].float().sum(1)
     assert torch.allclose(sums, torch.ones_like(sums), atol=2e-3)
+    # the view's token roles against core's encode (Qwen-Image cuts the template's prefix from its rows)
+    clip = text_encoders.HeldCLIP.CLIPS["qwen_image"]
+    roles = template_roles(clip, prompt, keep_prefix=False)
+    assert len(roles) == lengths[0]
+    check_class_shares(run, view(capture, clip, prompt), roles)
 
 
 def test_a_negative_without_the_references_is_warned_about_when_the_tail_keeps_it(comfy, qwen_edit, caplog):

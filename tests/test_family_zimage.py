@@ -18,8 +18,9 @@ import pytest
 import torch
 
 import text_encoders
-from family_checks import (CAPTURE, check_truncated_window, check_window_over_all_steps_is_core, graph, ksampler,
-                           renormalised_block)
+from family_checks import (CAPTURE, check_class_shares, check_joint_refusals, check_truncated_window,
+                           check_window_over_all_steps_is_core, graph, ksampler, renormalised_block, template_roles,
+                           view)
 from tiny_loaded import detected_on_meta, register_held_models, tiny_model, unregister_held_models
 
 pytestmark = pytest.mark.comfy
@@ -79,10 +80,11 @@ def test_capture_reads_the_padded_joint_layer_only_and_equals_its_softmax(comfy,
         seen.append((q.detach().double().clone(), k.detach().double().clone()))
         return q, k
 
-    g = graph("zimage", "z_image", prompt="a square coaster next to a round mug")
+    prompt = "a square coaster next to a round mug"
+    g = graph("zimage", "z_image", prompt=prompt)
     g["5"] = {"class_type": "AttentionMapCapture", "inputs": {"model": ["1", 0], **CAPTURE}}
     g["7"] = ksampler(model=("5", 0), steps=1)
-    r0 = comfy.run({k: v for k, v in g.items() if k not in ("5", "7")}, outputs=["2", "3"])
+    r0 = comfy.run({k: v for k, v in g.items() if k in ("1", "2", "3", "4", "9")}, outputs=["2", "3"])
     positive, negative = r0.output_value("2")[0][0], r0.output_value("3")[0][0]
     dm = zimage.model.diffusion_model
     handle = dm.cap_embedder.register_forward_hook(lambda m, i, o: contexts.append(i[0].detach().double().clone()))
@@ -92,9 +94,11 @@ def test_capture_reads_the_padded_joint_layer_only_and_equals_its_softmax(comfy,
     finally:
         handle.remove()
         monkeypatch.undo()
-    plain = comfy.run({**g, "6": ksampler(steps=1)}, fresh_cache=False, outputs=["6"])
-    assert torch.equal(r.output_value("7")["samples"], plain.output_value("6")["samples"])
-    run = r.output_value("5", 1).run
+    captured, capture = r.output_value("7")["samples"], r.output_value("5", 1)  # before the next run's cache
+    plain = comfy.run({k: v for k, v in g.items() if k in ("1", "2", "3", "4", "9")} | {"6": ksampler(steps=1)},
+                      fresh_cache=False, outputs=["6"])
+    assert torch.equal(captured, plain.output_value("6")["samples"])
+    run = capture.run
     lengths = {0: positive.shape[1], 1: negative.shape[1]}
     assert lengths[0] % PAD and lengths[1] % PAD and lengths[0] != lengths[1]  # both padded, differently
     assert run.model_kind == "joint" and run.grid == (4, 4) and len(run.layer_names) == 1  # the joint layer only
@@ -121,6 +125,12 @@ def test_capture_reads_the_padded_joint_layer_only_and_equals_its_softmax(comfy,
         assert (wrong[0].transpose(0, 1).reshape(text, 4, 4) - ref).abs().max() > 1e-3
     sums = run.maps[0][0].float().sum(1)
     assert torch.allclose(sums, torch.ones_like(sums), atol=2e-3)
+    # the view's token roles, position by position against core's encode (Z-Image keeps the template's
+    # prefix in its rows): one role per captured row, class weights the sums of the token means
+    clip = text_encoders.HeldCLIP.CLIPS["z_image"]
+    roles = template_roles(clip, prompt, keep_prefix=True)
+    assert len(roles) == lengths[0]
+    check_class_shares(run, view(capture, clip, prompt), roles)
 
 
 def test_truncated_guidance_is_core_over_all_steps_and_eq9_in_a_window(comfy, zimage):
@@ -130,11 +140,5 @@ def test_truncated_guidance_is_core_over_all_steps_and_eq9_in_a_window(comfy, zi
     check_truncated_window(comfy, g, expected_calls=[1, 1, 1])
 
 
-def test_text_cache_is_refused_with_the_reason(comfy, zimage):
-    import nodes
-
-    with pytest.raises(ValueError, match=r"^TruncatedCFGModel: text_cache 'tail_output' does not apply to this model "
-                                         r"\(Z-Image, NextDiT\): joint attention: .*\. Set text_cache to 'off'\.$"):
-        nodes.NODE_CLASS_MAPPINGS["TruncatedCFGModel"].execute(
-            zimage, guidance_start=0.0, guidance_end=1.0, tail="uncond", window="fixed", adaptive_threshold=0.1,
-            text_cache="tail_output")
+def test_text_cache_and_kv_patch_are_refused_with_the_reason(comfy, zimage):
+    check_joint_refusals(zimage, "Z-Image, NextDiT")
