@@ -145,18 +145,25 @@ class TruncationController(RunRecorder):
                 ", ".join(f"{v:.4g}" for v in values[:-1]))
 
     def _check_references(self, conds: dict) -> None:
-        """Edit models (Qwen-Image-Edit, Flux Kontext, ...) see the input image as reference latents of the
-        conditioning; a tail that keeps a negative without them samples as if there were no input image."""
-        def has_references(key):
-            return any("ref_latents" in (c.get("model_conds") or {}) for c in conds.get(key) or [])
+        """Edit models see the input image in the conditioning: reference latents (Qwen-Image-Edit, Flux
+        Kontext: ``ref_latents``) or an image concatenated to the latent (HiDream E1 through
+        InstructPixToPixConditioning: ``image_cond``). A tail that keeps a negative without it, while another
+        branch has it, samples as if there were no input image."""
+        def images(key):
+            return {name for c in conds.get(key) or [] for name in (c.get("model_conds") or {})
+                    if name in _INPUT_IMAGE_CONDS}
 
-        if self.settings.tail != TAIL_UNCOND or "negative" not in conds or has_references("negative"):
+        if self.settings.tail != TAIL_UNCOND or "negative" not in conds:
             return
-        if any(has_references(k) for k in conds if k != "negative"):
-            LOGGER.warning("%s: the positive prompt carries reference latents (an edit model's input image) and the "
-                           "negative prompt none, so the unguided tail (tail 'uncond') samples without the input "
-                           "image. Give the negative the same reference latents (ReferenceLatent on both, as core's "
-                           "edit templates do), or set tail to 'cond'.", self.node)
+        absent = {k: images(k) - images("negative") for k in conds if k != "negative"}
+        holders = sorted(k for k, names in absent.items() if names)
+        if holders:
+            what = ", ".join(_INPUT_IMAGE_CONDS[n] for n in sorted(set().union(*absent.values())))
+            LOGGER.warning("%s: the %s conditioning%s the input image (%s) and the negative none, so the unguided "
+                           "tail (tail 'uncond') samples without the input image. Give the negative the same image "
+                           "(ReferenceLatent or InstructPixToPixConditioning on it too, as core's Qwen-Image-Edit "
+                           "templates do), or set tail to 'cond'.", self.node, " and ".join(holders),
+                           " carries" if len(holders) == 1 else "s carry", what)
 
     def finish(self, completed: bool = True) -> None:
         r = self.record
@@ -292,6 +299,10 @@ class TruncationController(RunRecorder):
             self.record.curve.append({"step": step, "sigma": sigma, "rms_uncond": u, "rms_guidance": g,
                                       "ratio": ratio})
         self._pending = []
+
+
+# model conds through which an edit model sees its input image -> what the user connected
+_INPUT_IMAGE_CONDS = {"ref_latents": "reference latents", "image_cond": "an InstructPix2Pix image"}
 
 
 def _is_dual_cfg(guider) -> bool:

@@ -23,6 +23,7 @@ import torch
 import text_encoders
 from family_checks import (check_joint_refusals, check_truncated_window, check_window_over_all_steps_is_core,
                            graph)
+from test_families import _count_rows
 from test_truncated_cfg_model import browser_events, reports  # noqa: F401 (browser_events: autouse, the reports)
 from tiny_loaded import detected_on_meta, register_held_models, tiny_model, unregister_held_models
 
@@ -126,32 +127,6 @@ def _dual_graph(window: dict) -> dict:
     return g
 
 
-def _reference(r, keep: str, k: int, cfg1, cfg2, style):
-    """Core Guider_DualCFG, its steps from ``k`` on computing core calc_cond_batch of the ``keep`` branch alone."""
-    import comfy.sample
-    import comfy.samplers
-    import comfy_extras.nodes_custom_sampler as ncs
-
-    model = r.output_value("1", 0)
-    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", STEPS)
-    schedule = sigmas.tolist()
-
-    class Reference(ncs.Guider_DualCFG):
-        def predict_noise(self, x, timestep, model_options={}, seed=None):
-            step = min(range(len(schedule)), key=lambda i: abs(schedule[i] - float(timestep[0])))
-            if step < k:
-                return super().predict_noise(x, timestep, model_options, seed)
-            return comfy.samplers.calc_cond_batch(self.inner_model, [self.conds[keep]], x, timestep,
-                                                  model_options)[0]
-
-    guider = Reference(model)
-    guider.set_conds(r.output_value("2"), r.output_value("13"), r.output_value("3"))
-    guider.set_cfg(cfg1, cfg2, nested=style == "nested")
-    latent = comfy.sample.fix_empty_latent_channels(model, r.output_value("4")["samples"])
-    return guider.sample(comfy.sample.prepare_noise(latent, 5), latent, comfy.samplers.sampler_object("euler"),
-                         sigmas, seed=5)
-
-
 @pytest.mark.parametrize("style", ["regular", "nested"])
 def test_dual_cfg_window_over_all_steps_is_core_dual_cfg_bit_for_bit(comfy, hidream, style):
     g = _dual_graph({})
@@ -182,9 +157,78 @@ def test_dual_cfg_truncated_window_is_the_core_only_reference(comfy, hidream, st
     _dual(g, ("1", 0), "10", 3.0, cfg2, style)
     r = comfy.run(g, outputs=["1", "2", "3", "4", "13", "10", "20"])
     got, plain = r.output_value("20")["samples"], r.output_value("10")["samples"]
-    want = _reference(r, keep, k, 3.0, cfg2, style)
+    want = _dual_cfg(r, r.output_value("1", 0), keep, k, cfg2=cfg2, nested=style == "nested")
     assert torch.equal(got, want), (got - want).abs().max()
     assert (got - plain).abs().max() > 1e-4  # the tail is not DualCFG
     (report,) = reports(r, "5")
     assert report["rows_computed"] == sum(rows) and report["rows_full_cfg"] == rows[0] * STEPS
     assert report["skipped_passes"] == (rows[0] - 1) * (STEPS - k) and report["guided_evaluations"] == k
+
+
+@pytest.mark.parametrize("tail,keep", [("cond", "positive"), ("uncond", "negative")])
+def test_e1_layout_input_image_on_cond1_and_cond2_only(comfy, hidream, caplog, tail, keep):
+    """HiDream E1.1's template: cond1 and cond2 carry the input image (InstructPixToPixConditioning's
+    concat_latent_image, concatenated to the latent on the width axis), the guider's negative is the prompt
+    without it; core then runs the negative alone and [middle, positive] together. The truncated window is
+    the core-only reference bit for bit with either tail; tail 'uncond' (the negative, without the image) is
+    warned about, tail 'cond' is not."""
+    import node_helpers
+
+    import nodes
+
+    g = _dual_graph({})
+    r = comfy.run(g, outputs=["1", "2", "3", "4", "13"])
+    image = {"concat_latent_image": torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(7))}
+    conds = {"2": node_helpers.conditioning_set_values(r.output_value("2"), image),
+             "13": node_helpers.conditioning_set_values(r.output_value("13"), image), "3": r.output_value("3")}
+
+    class Held:  # the run's outputs with the image-conditioned prompts, for _dual_cfg
+        def output_value(self, node, index=0):
+            return conds[node] if node in conds else r.output_value(node, index)
+
+    patched = nodes.NODE_CLASS_MAPPINGS["TruncatedCFGModel"].execute(
+        r.output_value("1", 0), guidance_start=0.0, guidance_end=0.5, tail=tail, window="fixed",
+        adaptive_threshold=0.1).result[0]
+    counted, calls = _count_rows(patched)
+    with caplog.at_level("WARNING", logger="shapefirst"):
+        got = _dual_cfg(Held(), counted)  # core's DualCFGGuider on the patched model
+    # guided steps: the negative alone, then [middle, positive] (only they carry the image); the tail: one row
+    assert sorted(calls) == [1] * (STEPS // 2 + STEPS - STEPS // 2) + [2] * (STEPS // 2)
+    want = _dual_cfg(Held(), r.output_value("1", 0), keep=keep, k=STEPS // 2)
+    assert torch.equal(got, want), (got - want).abs().max()
+    without_image = _dual_cfg(r, r.output_value("1", 0), keep=keep, k=STEPS // 2)
+    assert (without_image - want).abs().max() > 1e-4  # the input image acts
+    warned = [m for m in caplog.messages if "input image" in m]
+    if tail == "uncond":
+        (message,) = warned
+        assert message.startswith("TruncatedCFGModel: the middle and positive conditionings carry the input image "
+                                  "(an InstructPix2Pix image) and the negative none")
+    else:
+        assert warned == []
+
+
+def _dual_cfg(r, model, keep=None, k=STEPS, cfg1=3.0, cfg2=1.5, nested=False):
+    """Core Guider_DualCFG on ``model`` with the prompts of ``r`` (cfg of the E1 templates); with ``keep``, the
+    core-only reference of truncation: its steps from ``k`` on compute core calc_cond_batch of the ``keep``
+    branch alone."""
+    import comfy.sample
+    import comfy.samplers
+    import comfy_extras.nodes_custom_sampler as ncs
+
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", STEPS)
+    schedule = sigmas.tolist()
+
+    class Reference(ncs.Guider_DualCFG):
+        def predict_noise(self, x, timestep, model_options={}, seed=None):
+            step = min(range(len(schedule)), key=lambda i: abs(schedule[i] - float(timestep[0])))
+            if keep is None or step < k:
+                return super().predict_noise(x, timestep, model_options, seed)
+            return comfy.samplers.calc_cond_batch(self.inner_model, [self.conds[keep]], x, timestep,
+                                                  model_options)[0]
+
+    guider = Reference(model)
+    guider.set_conds(r.output_value("2"), r.output_value("13"), r.output_value("3"))
+    guider.set_cfg(cfg1, cfg2, nested=nested)
+    latent = comfy.sample.fix_empty_latent_channels(model, r.output_value("4")["samples"])
+    return guider.sample(comfy.sample.prepare_noise(latent, 5), latent, comfy.samplers.sampler_object("euler"),
+                         sigmas, seed=5)

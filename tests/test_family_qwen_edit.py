@@ -154,10 +154,10 @@ def test_a_negative_without_the_references_is_warned_about_when_the_tail_keeps_i
         caplog.clear()
         with caplog.at_level("WARNING", logger="shapefirst"):
             comfy.run(g, outputs=["6"])
-        return [m for m in caplog.messages if "reference latents" in m]
+        return [m for m in caplog.messages if "input image" in m]
 
     (message,) = warnings(_edit_graph(negative_reference=False), "uncond")
-    assert message.startswith("TruncatedCFGSampler: the positive prompt carries reference latents") and \
-        "set tail to 'cond'" in message
+    assert message.startswith("TruncatedCFGSampler: the positive conditioning carries the input image (reference "
+                              "latents) and the negative none") and "set tail to 'cond'" in message
     assert warnings(_edit_graph(), "uncond") == []
     assert warnings(_edit_graph(negative_reference=False), "cond") == []
