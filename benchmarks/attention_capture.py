@@ -47,6 +47,7 @@ def build_unet(arch: str, device):
     import comfy.model_patcher as mp
     import comfy.supported_models as sm
     from devtools import checkpoints
+    from devtools.seeding import seeded_init
 
     # tiny: the test checkpoint's reduced depth; full: the real SD1.5 layout
     unet = checkpoints.SPECS["sd15" if arch == "tiny" else "sd15_full"].unet
@@ -54,7 +55,7 @@ def build_unet(arch: str, device):
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     config.set_inference_dtype(dtype, None)
     model = config.get_model({})
-    checkpoints.init_default(model.diffusion_model, 0)
+    seeded_init(model.diffusion_model, 0)
     model.diffusion_model.to(dtype)
     return mp.ModelPatcher(model, load_device=device, offload_device=mm.unet_offload_device())
 

@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .seeding import check_finite, seeded_init
+
 log = logging.getLogger(__name__)
 
 # Bump whenever the produced tensors change: it is part of the cached file name.
@@ -93,46 +95,6 @@ UNET_PREFIX = "model.diffusion_model."
 
 
 # ---------------------------------------------------------------- shared helpers
-def _torch_reset(cls):
-    """torch.nn's own reset_parameters for a (ComfyUI subclass of a) torch layer, else None.
-
-    comfy.ops' layers override reset_parameters with a no-op; the torch base class's method is
-    torch's default init."""
-    for c in cls.__mro__:
-        if c.__module__.startswith("torch.nn.") and "reset_parameters" in vars(c):
-            return vars(c)["reset_parameters"]
-    return None
-
-
-def init_default(module, seed: int, constants: tuple[str, ...] = ()):
-    """Initialise every parameter of ``module`` with torch's default init under ``seed``.
-
-    Parameters that no torch layer owns must be named in ``constants`` (they keep the value
-    their constructor gave them), otherwise this raises. The global RNG state is restored."""
-    import torch
-
-    covered = set()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for m in module.modules():
-            reset = _torch_reset(type(m))
-            if reset is not None:
-                reset(m)
-                covered.update(id(p) for p in m.parameters(recurse=False))
-    for name, p in module.named_parameters():
-        if id(p) not in covered and name not in constants:
-            raise RuntimeError(f"no default init for parameter {name!r}")
-    return module
-
-
-def _check_finite(sd: dict, what: str):
-    import torch
-
-    bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise RuntimeError(f"{what}: non-finite tensors {bad[:5]}")
-
-
 def _unet_model(spec: ArchSpec, device: str):
     import comfy.ops
     import comfy.supported_models
@@ -148,7 +110,7 @@ def unet_shapes(kind: str) -> dict:
 
 
 def _unet_state_dict(spec: ArchSpec, seed: int) -> dict:
-    unet = init_default(_unet_model(spec, "cpu"), seed)
+    unet = seeded_init(_unet_model(spec, "cpu"), seed)
     # No rescaling needed: the output is conv(silu(GroupNorm(h))), bounded whatever the input, so
     # euler + cfg 7.5 stays finite (the final latent simply keeps most of the initial noise).
     return {UNET_PREFIX + k: v for k, v in unet.state_dict().items()}
@@ -186,7 +148,7 @@ def _text_encoder_state_dict(te: TextEncoderSpec, seed: int) -> dict:
     with open(Path(comfy.clip_model.__file__).parent / te.config) as f:
         config = json.load(f)
     model = comfy.clip_model.CLIPTextModel(config, None, "cpu", comfy.ops.disable_weight_init)
-    sd = init_default(model, seed).state_dict()
+    sd = seeded_init(model, seed).state_dict()
     if te.layout == "openclip":
         sd = _to_openclip(sd)
     else:  # real SD1.x / SDXL checkpoints carry no projection for CLIP-L (ComfyUI ignores it)
@@ -197,8 +159,7 @@ def _text_encoder_state_dict(te: TextEncoderSpec, seed: int) -> dict:
 def _vae_state_dict(spec: ArchSpec, seed: int) -> dict:
     import comfy.taesd.taesd
 
-    taesd = init_default(comfy.taesd.taesd.TAESD(latent_channels=4), seed,
-                         constants=("vae_scale", "vae_shift"))
+    taesd = seeded_init(comfy.taesd.taesd.TAESD(latent_channels=4), seed, keep=("vae_scale", "vae_shift"))
     return {spec.vae_prefix + k: v for k, v in taesd.state_dict().items()}
 
 
@@ -212,7 +173,7 @@ def build_state_dict(kind: str, seed: int = 0) -> dict:
         sd.update(_text_encoder_state_dict(te, seed * 16 + 1 + i))
     sd.update(_vae_state_dict(spec, seed * 16 + 15))
     sd = {k: v.detach().to(torch.float16).contiguous() for k, v in sd.items()}
-    _check_finite(sd, kind)
+    check_finite(sd, kind)
     return sd
 
 
@@ -307,8 +268,8 @@ def build_controlnet(kind: str, path, seed: int = 0) -> Path:
     net = comfy.cldm.cldm.ControlNet(**config, hint_channels=3, device="cpu",
                                      operations=comfy.ops.disable_weight_init)
     sd = {k: v.detach().to(torch.float16).contiguous()
-          for k, v in init_default(net, seed * 16 + 14).state_dict().items()}
-    _check_finite(sd, f"{kind} controlnet")
+          for k, v in seeded_init(net, seed * 16 + 14).state_dict().items()}
+    check_finite(sd, f"{kind} controlnet")
     meta = {"shapefirst": json.dumps({"kind": f"{kind}-controlnet", "seed": seed, "build_version": _version(kind)})}
     safetensors.torch.save_file(sd, str(path), metadata=meta)
     return Path(path)

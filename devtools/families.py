@@ -87,6 +87,7 @@ from pathlib import Path
 
 from .checkpoints import _ensure_file  # written aside, renamed into place
 from .hosts import host_unet
+from .seeding import check_finite, seeded_init
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,6 @@ SD3_TEXT_WIDTH = 64  # T5 width of the tiny SD3 text encoder = MMDiT's detected 
 FLUX_TEXT_WIDTH = 64  # T5 width of the Flux/Chroma text encoders = the detected txt_in width
 FLUX_POOLED_WIDTH = 64  # CLIP-L width of the Flux text encoder = the detected vector_in width
 LUMINA2_TEXT_WIDTH = 64  # Gemma 2 width of the Lumina 2 text encoder = the detected cap_embedder width
-QWEN_IMAGE_TEXT_WIDTH = 3584  # Qwen-Image's context width: fixed by its class (joint_attention_dim), not detected
-QWEN_IMAGE_STAND_IN_ROWS = 2048  # rows of the stand-in text encoder's seeded table (token id modulo this)
 FLUX_TEXT_TOKENS = 8  # T5 pads Flux/Chroma prompts to this many tokens (ComfyUI: 256, see module doc)
 
 
@@ -168,55 +167,6 @@ FAMILIES: dict[str, Family] = {
 VAES = {"taesd3": 311, "wan21": 312}  # name -> seed
 # families at the real width (only their depth is reduced): hundreds of MB each, built on demand
 FULL_WIDTH = tuple(name for name, spec in FAMILIES.items() if spec.dtype != "float32")
-
-
-# ---------------------------------------------------------------- initialisation
-def _torch_reset(cls):
-    """torch.nn's own reset_parameters for a (ComfyUI subclass of a) torch layer, else None."""
-    for c in cls.__mro__:
-        if c.__module__.startswith("torch.nn.") and "reset_parameters" in vars(c):
-            return vars(c)["reset_parameters"]
-    return None
-
-
-def seeded_init(module, seed: int):
-    """Give every parameter and floating buffer of ``module`` a value under ``seed``.
-
-    torch layers get torch's default init; other 1-D ``weight``/``gamma``/``scale`` tensors (norm
-    gains) are ones, 1-D ``bias`` zeros, everything else (modulation tables, position tables,
-    learned tokens) normal with std ``1 / sqrt(last dim)``. Buffers keep their values (a buffer that
-    a constructor leaves empty must be set by the caller: the finiteness check catches it). The
-    global RNG state is restored."""
-    import torch
-
-    covered = set()
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(seed)
-        for m in module.modules():
-            reset = _torch_reset(type(m))
-            if reset is not None:
-                reset(m)
-                covered.update(id(p) for p in m.parameters(recurse=False))
-        for name, p in module.named_parameters():
-            if id(p) in covered:
-                continue
-            leaf = name.rsplit(".", 1)[-1]
-            if leaf in ("weight", "gamma", "scale") and p.squeeze().ndim <= 1 and p.numel() > 1:
-                p.fill_(1.0)
-            elif leaf == "bias":
-                p.zero_()
-            else:
-                p.normal_(0.0, p.shape[-1] ** -0.5 if p.ndim else 1.0)
-    check_finite(module.state_dict(), type(module).__name__)
-    return module
-
-
-def check_finite(sd: dict, what: str):
-    import torch
-
-    bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise RuntimeError(f"{what}: non-finite tensors {bad[:5]}")
 
 
 # ---------------------------------------------------------------- diffusion models

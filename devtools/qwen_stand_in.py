@@ -7,7 +7,8 @@ stand-in, fed by core's real Qwen-Image tokenizer (see that module's docstring).
 
 from __future__ import annotations
 
-from .families import QWEN_IMAGE_STAND_IN_ROWS, QWEN_IMAGE_TEXT_WIDTH
+QWEN_IMAGE_TEXT_WIDTH = 3584  # Qwen-Image's context width: fixed by its class (joint_attention_dim), not detected
+QWEN_IMAGE_STAND_IN_ROWS = 2048  # rows of the stand-in text encoder's seeded table (token id modulo this)
 
 
 def _qwen_image_stand_in_class():

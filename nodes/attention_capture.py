@@ -109,11 +109,10 @@ class AttentionMapCapture(io.ComfyNode):
                 "optionally the unconditional one. Same maps under every attention backend; the sampled image is "
                 "identical to sampling without it. Memory: 2 bytes x steps x tokens x grid pixels per image and "
                 "branch (SDXL 1024 px, 30 steps, 77 tokens: 19 MB), kept on the CPU until the next run. "
-                "SD1.x, SD2.x, SDXL and PixArt (cross-attention); SD3, Flux, Qwen-Image, Lumina 2 and Z-Image (joint "
-                "attention: each image token's attention on the text tokens, renormalised over the text tokens); "
-                "Wan 2.1 / 2.2 text- and image-to-video (cross-attention, one map per kept latent frame: "
-                "frame_stride). Use one "
-                "sampler per capture node: each sampling run replaces the previous record."),
+                f"Cross-attention: {fam.spoken_list(fam.supported(fam.CAPTURE, fam.CROSS))} (video: one map per "
+                f"kept latent frame, frame_stride). Joint attention (each image token's attention on the text "
+                f"tokens, renormalised over the text tokens): {fam.spoken_list(fam.supported(fam.CAPTURE, fam.JOINT))}. "
+                "Use one sampler per capture node: each sampling run replaces the previous record."),
             inputs=[
                 io.Model.Input("model", tooltip="The model to sample with. It is cloned, never modified."),
                 io.Boolean.Input("record_uncond", default=False,

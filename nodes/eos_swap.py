@@ -12,6 +12,7 @@ EOSSwapKVPatch (nodes/kv_swap.py).
 from __future__ import annotations
 
 from ..shapefirst import compose as cmp
+from ..shapefirst import families as fam
 from ..shapefirst import swap, ui_keys
 from ..shapefirst.swap import APPLY_BOTH, APPLY_KEYS, APPLY_VALUES, LAYOUT_OPTIONS
 from ..shapefirst.tokens import EOS, ROLE_LABELS, SEM, SOS, TokenLayoutError, prompt_roles, repeat_semantic
@@ -25,8 +26,7 @@ KV_KEY = f"{KEY_PREFIX}eos_swap.values_context"
 SOURCE_OPTIONS = list(cmp.SOURCES)
 DEFAULTS = {**swap.PROMPT_DEFAULTS, **swap.SWAP_DEFAULTS, **swap.OPTIONAL_DEFAULTS}  # every input's default
 D = DEFAULTS
-FAMILIES = ("SD1.x, SD2.x, SDXL (and refiner / Stable Cascade), SD3, Flux, PixArt, Wan, Qwen-Image, Z-Image or "
-            "Lumina 2")
+FAMILIES = fam.spoken_list(fam.encoder_kinds())  # the described text encoders
 
 
 def _err(message: str) -> ShapeFirstInputError:
@@ -219,8 +219,8 @@ class EOSSwapConditioning(io.ComfyNode):
                 "SD3 / Flux / T5 / LLM text encoders: each encoder is composed with its own token roles (README)."
             ),
             inputs=[
-                io.Clip.Input("clip", tooltip="Text encoder of the checkpoint: SD1.x, SD2.x, SDXL, SD3, Flux, PixArt, Wan, "
-                                              "Qwen-Image, Z-Image or Lumina 2 (roles per family in the README)."),
+                io.Clip.Input("clip", tooltip=f"Text encoder of the checkpoint: {FAMILIES} (roles per family in "
+                                              "docs/model-families.md)."),
                 io.String.Input("prompt_a", multiline=True, dynamic_prompts=True, default=D["prompt_a"],
                                 tooltip="Prompt A, the source: its [SOS] and semantic tokens are kept."),
                 io.String.Input("prompt_b", multiline=True, dynamic_prompts=True, default=D["prompt_b"],

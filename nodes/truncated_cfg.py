@@ -10,8 +10,8 @@ from ..shapefirst import ui_keys
 from ._api import io
 from ._common import CATEGORY
 from .truncated_cfg_patch import patch_model
-from .truncation_inputs import (TEXT_CACHE_OFF, attach_text_cache, check_model_range, send_report, settings_dict,
-                                text_cache_input, validate_window, window_from_inputs, window_inputs)
+from .truncation_inputs import (TEXT_CACHE_OFF, attach_text_cache, cfg_input, check_model_range, send_report,
+                                settings_dict, text_cache_input, validate_window, window_from_inputs, window_inputs)
 
 SAMPLER_NODE = "TruncatedCFGSampler"
 GUIDER_NODE = "TruncatedCFGGuider"
@@ -39,8 +39,7 @@ class TruncatedCFGSampler(io.ComfyNode):
                              tooltip="The random seed used for creating the noise."),
                 io.Int.Input("steps", default=20, min=1, max=10000,
                              tooltip="The number of steps used in the denoising process."),
-                io.Float.Input("cfg", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="Classifier-free guidance scale w inside the window."),
+                cfg_input(),
                 io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS,
                                tooltip="The sampling algorithm; every core sampler works."),
                 io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS,
@@ -93,8 +92,7 @@ class TruncatedCFGGuider(io.ComfyNode):
                 io.Model.Input("model", tooltip="The model to guide; it is cloned, never modified."),
                 io.Conditioning.Input("positive", tooltip="The text to include (computed only inside the window)."),
                 io.Conditioning.Input("negative", tooltip="The negative prompt; the paper's tail uses the EMPTY prompt."),
-                io.Float.Input("cfg", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="Classifier-free guidance scale w inside the window."),
+                cfg_input(),
                 *window_inputs(),
                 text_cache_input(),
             ],

@@ -7,6 +7,7 @@ Every default of the window is a field default of ``shapefirst.guidance.Guidance
 
 from __future__ import annotations
 
+from ..shapefirst import families as fam
 from ..shapefirst import ui_keys
 from ..shapefirst.guidance import (DEFAULT_WINDOW as D, MODE_ADAPTIVE, MODE_FIXED, TAIL_COND, TAIL_UNCOND, UNITS_SIGMA,
                                    UNITS_STEPS, GuidanceWindow, WindowError, window_steps)
@@ -29,6 +30,14 @@ UNITS_TOOLTIP = (
     "sigma_low/sigma_high are noise levels; a step is guided when its sigma lies between them. Use 'sigma' "
     "with chained samplers (e.g. a high-noise then a low-noise KSamplerAdvanced), denoise < 1, or to keep "
     "the same noise range across schedulers and step counts (Kynkaanniemi et al. 2024).")
+
+
+CFG_DEFAULT = 8.0  # core KSampler's
+
+
+def cfg_input():
+    return io.Float.Input("cfg", default=CFG_DEFAULT, min=0.0, max=100.0, step=0.1, round=0.01,
+                          tooltip="Classifier-free guidance scale w inside the window.")
 
 
 def window_inputs() -> list:
@@ -70,9 +79,9 @@ TEXT_CACHE_TOOLTIP = (
     "(the prompt does not change between steps): exact, bit-identical results, UNets only. 'tail_output' "
     "(an approximation, in the manner of T-GATE): also, in the unguided tail, each cross-attention layer "
     "reuses the output it gave for the kept branch at the last guided step instead of computing it; the "
-    "steps before the tail are unchanged, the tail differs slightly from exact eq. 9. Works with SD1.x, "
-    "SD2.x, SDXL, PixArt and Wan; refused for joint-attention models (SD3, Flux, Qwen-Image, Lumina), where "
-    "the text is not a separate branch of the attention.")
+    f"steps before the tail are unchanged, the tail differs slightly from exact eq. 9. Works with "
+    f"{fam.spoken_list(fam.supported(fam.TEXT_CACHE))}; refused for joint-attention models, where the text is not "
+    "a separate branch of the attention.")
 
 
 def text_cache_input():

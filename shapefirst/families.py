@@ -203,13 +203,18 @@ FAMILIES: tuple[ModelFamily, ...] = (
 )
 
 
-def supported(feature: str) -> list[str]:
-    """Names of the families ``feature`` applies to, in table order."""
-    return [f.name for f in FAMILIES if f.support(feature).ok]
+def supported(feature: str, attention: str | None = None) -> list[str]:
+    """Names of the families ``feature`` applies to (of that ``attention`` kind when given), in table order."""
+    return [f.name for f in FAMILIES if f.support(feature).ok and attention in (None, f.attention)]
 
 
 def spoken_list(names: list[str]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def encoder_kinds() -> list[str]:
+    """What the user reads for each described text encoder, in table order."""
+    return [te.kind for te in TEXT_ENCODERS.values()]
 
 
 # -- text encoders (the EOS swap, the attention view's token labels) -----------------------------------------

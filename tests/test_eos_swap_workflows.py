@@ -20,12 +20,12 @@ import torch
 import text_encoders
 from devtools import paths
 from devtools.workflows.convert import ui_to_api
-from devtools.workflows.specs import eos_families
+from devtools.workflows.specs import families as family_specs
 
 pytestmark = pytest.mark.comfy
 WORKFLOW = paths.WORKFLOWS / "qwen_image_eos_swap_end_of_turn.json"
-FILES = {"diffusion_models": eos_families.QWEN_UNET, "text_encoders": eos_families.QWEN_TEXT_ENCODER,
-         "vae": eos_families.QWEN_VAE}
+FILES = {"diffusion_models": family_specs.QWEN_IMAGE_UNET, "text_encoders": family_specs.QWEN_IMAGE_TEXT_ENCODER,
+         "vae": family_specs.QWEN_IMAGE_VAE}
 
 
 @pytest.fixture(scope="module")

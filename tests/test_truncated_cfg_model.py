@@ -277,8 +277,16 @@ def test_bad_sigma_windows_name_the_node_and_the_fix(comfy, sd15_ckpt, change, m
     g["6"] = graphs.ksampler(("5", 0), ("4", 0), steps=3)
     g["7"] = {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}}
     g["8"] = {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}}
-    with pytest.raises(GraphError, match=message):
+    with pytest.raises(GraphError, match=message) as err:
         comfy.run(g)
+    details = err.value.details
+    if "node_errors" in details:  # refused by validation: marked on the two inputs the check reads, no other
+        errors = details["node_errors"]["5"]["errors"]
+        assert sorted(e["extra_info"]["input_name"] for e in errors) == ["sigma_high", "sigma_low"], errors
+        texts = [e["details"] for e in errors]
+    else:  # refused when the node runs
+        texts = [details["exception_message"]]
+    assert all(t.count("TruncatedCFGModel") == 1 and "Truncated CFG:" not in t for t in texts), texts  # named once
 
 
 def test_a_window_with_no_sampled_step_warns_with_the_sampled_sigmas(comfy, sd15_ckpt, caplog):

@@ -129,6 +129,10 @@ def test_family_substitution_keeps_the_shipped_prompt_and_rewires_the_checkpoint
                                                              "device": "default"}},
             "2": {"class_type": "KSampler", "inputs": {"steps": 20}}}
     assert family_of(flux) == "flux"
+    lumina = {"1": {"class_type": "CLIPLoader", "inputs": {"clip_name": "g", "type": "lumina2", "device": "default"}}}
+    assert family_of(lumina) == "lumina2"  # every tiny family's text encoder is found
+    with pytest.raises(ValueError, match="no tiny model family uses a 'hidream' text encoder"):
+        family_of({"1": {"class_type": "CLIPLoader", "inputs": {"clip_name": "h", "type": "hidream"}}})
     assert with_family_models(flux, "flux", {})["2"]["inputs"]["steps"] == FULL_WIDTH_STEPS
 
 

@@ -21,10 +21,10 @@ from text_encoders import Held
 
 def seeded_state_dict(config_class: str, unet_config: dict, seed: int) -> dict:
     """The standalone diffusion-model state dict of ``supported_models.<config_class>(unet_config)``, every
-    tensor seeded by ``devtools.families.seeded_init``, float32."""
+    tensor seeded by ``devtools.seeding.seeded_init``, float32."""
     import comfy.supported_models as sm
 
-    from devtools.families import seeded_init
+    from devtools.seeding import seeded_init
 
     config = getattr(sm, config_class)(dict(unet_config))
     config.set_inference_dtype(torch.float32, None)

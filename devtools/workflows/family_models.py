@@ -16,11 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 FAMILY_TE_NODE = "ShapeFirstTestFamilyTextEncoder"
-TEXT_ENCODER_KINDS = ("sd3", "wan", "flux", "lumina2", "qwen_image")
 # text-encoder loaders of the other families -> the kind of tiny text encoder used instead
 TE_LOADERS = {"TripleCLIPLoader": lambda inputs: "sd3", "CLIPLoader": lambda inputs: inputs["type"],
               "DualCLIPLoader": lambda inputs: inputs["type"]}
-FAMILY_OF_TE = {"sd3": "sd3", "wan": "wan21_t2v", "flux": "flux", "qwen_image": "qwen_image"}
 VIDEO_FRAMES = 5  # video latents: 5 frames (2 latent frames)
 FULL_WIDTH_STEPS = 2  # samplers of the real-width families (seconds per evaluation) run at most this many steps
 _CLIPS: dict = {}
@@ -40,7 +38,7 @@ class FamilyTextEncoderNode:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"kind": (list(TEXT_ENCODER_KINDS), {"tooltip": "Which family's text encoder."})}}
+        return {"required": {"kind": (list(text_encoder_kinds()), {"tooltip": "Which family's text encoder."})}}
 
     RETURN_TYPES = ("CLIP",)
     FUNCTION = "load"
@@ -87,7 +85,25 @@ def family_of(prompt: dict) -> str | None:
     kinds = {TE_LOADERS[n["class_type"]](n["inputs"]) for n in prompt.values() if n["class_type"] in TE_LOADERS}
     if len(kinds) > 1:
         raise ValueError(f"one text-encoder family per workflow, found {sorted(kinds)}")
-    return FAMILY_OF_TE[kinds.pop()] if kinds else None
+    return family_of_text_encoder(kinds.pop()) if kinds else None
+
+
+def text_encoder_kinds() -> dict:
+    """{kind of tiny text encoder: the first tiny family (``devtools.families.FAMILIES``) that uses it}."""
+    from devtools import families
+
+    kinds: dict = {}
+    for name, spec in families.FAMILIES.items():
+        kinds.setdefault(spec.text_encoder, name)
+    return kinds
+
+
+def family_of_text_encoder(kind: str) -> str:
+    """The tiny family a workflow whose text-encoder loader is of ``kind`` runs on."""
+    kinds = text_encoder_kinds()
+    if kind not in kinds:
+        raise ValueError(f"no tiny model family uses a {kind!r} text encoder (known: {', '.join(kinds)})")
+    return kinds[kind]
 
 
 def with_family_models(prompt: dict, family: str, names: dict) -> dict:

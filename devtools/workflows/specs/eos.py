@@ -64,9 +64,9 @@ def _fig4(info: dict, name: str, a: str, b: str, label_a: str, label_b: str) -> 
     s.image(f"{label_a} + EOS {label_b}", ab.out(0), 2)
     s.image(f"{label_b} + EOS {label_a}", ba.out(0), 3)
     return s.finish(
-        f"ShapeFirst - Fig. 4 of Yi et al. (NeurIPS 2024): the [EOS] token carries the prompt. Left to right: A, B, "
-        f"\"[SOS] + A + [EOS] of B\" and \"[SOS] + B + [EOS] of A\". The swapped images follow the prompt that gave "
-        f"the [EOS] (its shapes), while colours and textures of the other may leak through. Same seed everywhere.")
+        "ShapeFirst - Fig. 4 of Yi et al. (NeurIPS 2024): the [EOS] token carries the prompt. Left to right: A, B, "
+        "\"[SOS] + A + [EOS] of B\" and \"[SOS] + B + [EOS] of A\". The swapped images follow the prompt that gave "
+        "the [EOS] (its shapes), while colours and textures of the other may leak through. Same seed everywhere.")
 
 
 def fig4_eos_swap_bird_chair(info: dict) -> dict:

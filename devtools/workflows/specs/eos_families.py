@@ -6,14 +6,11 @@ from __future__ import annotations
 
 from ..builder import WorkflowBuilder
 from .common import BIRD, CHAIR, side_by_side
-from .families import RANDOM_WEIGHTS
+from .families import RANDOM_WEIGHTS, qwen_image_loaders
 
 FLUX_UNET = "flux1-dev.safetensors"
 FLUX_TEXT_ENCODERS = ("clip_l.safetensors", "t5xxl_fp16.safetensors")
 FLUX_VAE = "ae.safetensors"
-QWEN_UNET = "qwen_image_fp8_e4m3fn.safetensors"
-QWEN_TEXT_ENCODER = "qwen_2.5_vl_7b_fp8_scaled.safetensors"
-QWEN_VAE = "qwen_image_vae.safetensors"
 SWAP = {"eos_from": "B", "sem_from": "A", "sos_from": "A", "padding_is_eos": True, "layout": "prompt A",
         "sem_repeats": 1, "apply_to": "keys and values", "start_percent": 0.0, "end_percent": 1.0,
         "pooled_from": "B", "noise_seed": 0, "swap_encoders": "all"}
@@ -60,13 +57,7 @@ def flux_eos_swap_pooled(info: dict) -> dict:
 
 def qwen_image_eos_swap_end_of_turn(info: dict) -> dict:
     b = WorkflowBuilder(info)
-    unet = b.add("UNETLoader", "Load Diffusion Model (Qwen-Image)", 0, 0, size=(320, 100), unet_name=QWEN_UNET,
-                 weight_dtype="default")
-    clip = b.add("CLIPLoader", "Load CLIP (Qwen2.5-VL, type qwen_image)", 0, 0.5, size=(320, 110),
-                 clip_name=QWEN_TEXT_ENCODER, type="qwen_image", device="default")
-    vae = b.add("VAELoader", "Load VAE (Qwen-Image)", 0, 1, size=(320, 60), vae_name=QWEN_VAE)
-    sampling = b.add("ModelSamplingAuraFlow", "ModelSamplingAuraFlow (Qwen-Image: shift 3.1)", 0, 1.5,
-                     size=(320, 60), model=unet.out(0), shift=3.1)
+    sampling, clip, vae = qwen_image_loaders(b, 0, 1.5)
     neg = b.add("CLIPTextEncode", "Empty negative prompt (the paper's uncond)", 0, 2, size=(320, 120), text="",
                 clip=clip.out(0))
     latent = b.add("EmptySD3LatentImage", None, 0, 2.5, size=(320, 130), width=1328, height=1328, batch_size=1)

@@ -135,15 +135,22 @@ def wan21_t2v_truncated_cfg(info: dict) -> dict:
     return b.to_ui()
 
 
-def qwen_image_truncated_cfg(info: dict) -> dict:
-    b = WorkflowBuilder(info)
+def qwen_image_loaders(b: WorkflowBuilder, col, row):
+    """Core's Qwen-Image loaders (its release's files) and its ModelSamplingAuraFlow at (col, row):
+    (the model with its shift, the CLIP, the VAE)."""
     unet = b.add("UNETLoader", "Load Diffusion Model (Qwen-Image)", 0, 0, size=(320, 100), unet_name=QWEN_IMAGE_UNET,
                  weight_dtype="default")
     clip = b.add("CLIPLoader", "Load CLIP (Qwen2.5-VL, type qwen_image)", 0, 0.5, size=(320, 110),
                  clip_name=QWEN_IMAGE_TEXT_ENCODER, type="qwen_image", device="default")
     vae = b.add("VAELoader", "Load VAE (Qwen-Image)", 0, 1, size=(320, 60), vae_name=QWEN_IMAGE_VAE)
-    sampling = b.add("ModelSamplingAuraFlow", "ModelSamplingAuraFlow (Qwen-Image: shift 3.1)", 1, 0, size=(320, 60),
-                     model=unet.out(0), shift=QWEN_IMAGE_SHIFT)
+    sampling = b.add("ModelSamplingAuraFlow", "ModelSamplingAuraFlow (Qwen-Image: shift 3.1)", col, row,
+                     size=(320, 60), model=unet.out(0), shift=QWEN_IMAGE_SHIFT)
+    return sampling, clip, vae
+
+
+def qwen_image_truncated_cfg(info: dict) -> dict:
+    b = WorkflowBuilder(info)
+    sampling, clip, vae = qwen_image_loaders(b, 1, 0)
     pos = b.add("CLIPTextEncode", "Prompt", 1, 0.5, size=(320, 120), text=DOG_PROMPT, clip=clip.out(0))
     neg = b.add("CLIPTextEncode", "Empty negative prompt (the paper's uncond)", 1, 1, size=(320, 120), text="",
                 clip=clip.out(0))
