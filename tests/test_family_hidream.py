@@ -21,8 +21,8 @@ import pytest
 import torch
 
 import text_encoders
-from family_checks import (check_joint_refusals, check_truncated_window, check_window_over_all_steps_is_core,
-                           graph)
+from loaded_family_checks import (check_joint_refusals, check_truncated_window, check_window_over_all_steps_is_core,
+                                  graph)
 from test_families import _count_rows
 from test_truncated_cfg_model import browser_events, reports  # noqa: F401 (browser_events: autouse, the reports)
 from tiny_loaded import detected_on_meta, register_held_models, tiny_model, unregister_held_models

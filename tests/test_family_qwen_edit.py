@@ -22,9 +22,9 @@ import pytest
 import torch
 
 import text_encoders
-from family_checks import (CAPTURE, check_class_shares, check_joint_refusals, check_truncated_window,
-                           check_window_over_all_steps_is_core, graph, ksampler, renormalised_block, template_roles,
-                           view)
+from loaded_family_checks import (CAPTURE, check_class_shares, check_joint_refusals, check_truncated_window,
+                                  check_window_over_all_steps_is_core, graph, ksampler, renormalised_block,
+                                  template_roles, view)
 from tiny_loaded import (register_held_latents, register_held_models, tiny_model, unregister_held_latents,
                          unregister_held_models)
 
@@ -146,7 +146,7 @@ def test_a_negative_without_the_references_is_warned_about_when_the_tail_keeps_i
     """A negative without the input image's reference latents (plain CLIPTextEncode, ConditioningZeroOut):
     the uncond tail would sample without the input image. One warning naming the fix; none with the
     references on both prompts (core's templates) or with the cond tail."""
-    from family_checks import truncated
+    from loaded_family_checks import truncated
 
     def warnings(g, tail):
         g["6"] = truncated(steps=2, window={"guidance_start": 0.0, "guidance_end": 0.5, "tail": tail,

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 import text_encoders
-from family_checks import (CAPTURE, check_class_shares, check_joint_refusals, check_truncated_window,
-                           check_window_over_all_steps_is_core, graph, ksampler, renormalised_block, template_roles,
-                           view)
+from loaded_family_checks import (CAPTURE, check_class_shares, check_joint_refusals, check_truncated_window,
+                                  check_window_over_all_steps_is_core, graph, ksampler, renormalised_block,
+                                  template_roles, view)
 from tiny_loaded import detected_on_meta, register_held_models, tiny_model, unregister_held_models
 
 pytestmark = pytest.mark.comfy
