@@ -9,7 +9,8 @@ EmptySD3LatentImage and KSampler.
 The capture reads only the joint layer's calls, whose sequence is [prompt T; pads to T_pad; image N; pads
 to N_pad]: image queries [T_pad, T_pad + N), prompt keys [0, T). The refiners' text-only (T_pad) and
 image-only (N_pad) calls are not joint and are skipped. References are the q and k the layer hands to
-attention (after its q/k norms and RoPE), read by wrapping the model module's ``apply_rope``.
+attention (after its q/k norms and RoPE), read by wrapping the model module's ``apply_rope`` (ComfyUI 0.33.0:
+the fused ``rms_rope``).
 """
 
 from __future__ import annotations
@@ -72,13 +73,18 @@ def test_capture_reads_the_padded_joint_layer_only_and_equals_its_softmax(comfy,
     prompt (the pad keys excluded). Sampling with the capture is core KSampler bit for bit."""
     import comfy.ldm.lumina.model as lumina
 
-    original = lumina.apply_rope
+    # q and k after the norms and RoPE: apply_rope (0.3.75), or newer ComfyUI's fused rms_rope (equal heads)
+    kitchen = getattr(getattr(getattr(lumina, "comfy", None), "quant_ops", None), "ck", None)
+    originals = {"apply_rope": lumina.apply_rope, "rms_rope": getattr(kitchen, "rms_rope", None)}
     seen, contexts = [], []
 
-    def apply_rope(xq, xk, freqs_cis):
-        q, k = original(xq, xk, freqs_cis)
-        seen.append((q.detach().double().clone(), k.detach().double().clone()))
-        return q, k
+    def keep(name):
+        def wrapped(xq, xk, *args, **kwargs):
+            q, k = originals[name](xq, xk, *args, **kwargs)
+            seen.append((q.detach().double().clone(), k.detach().double().clone()))
+            return q, k
+
+        return wrapped
 
     prompt = "a square coaster next to a round mug"
     g = graph("zimage", "z_image", prompt=prompt)
@@ -88,7 +94,9 @@ def test_capture_reads_the_padded_joint_layer_only_and_equals_its_softmax(comfy,
     positive, negative = r0.output_value("2")[0][0], r0.output_value("3")[0][0]
     dm = zimage.model.diffusion_model
     handle = dm.cap_embedder.register_forward_hook(lambda m, i, o: contexts.append(i[0].detach().double().clone()))
-    monkeypatch.setattr(lumina, "apply_rope", apply_rope)
+    monkeypatch.setattr(lumina, "apply_rope", keep("apply_rope"))
+    if originals["rms_rope"] is not None:
+        monkeypatch.setattr(kitchen, "rms_rope", keep("rms_rope"))
     try:
         r = comfy.run(g, fresh_cache=False, outputs=["7"])
     finally:
