@@ -9,11 +9,12 @@ How the probabilities are read follows the model's description (``shapefirst/fam
   computes softmax(q k^T / sqrt(d)) from the projected q and k it is handed, then attends exactly as the
   host would: the layer's preferred backend, the backend's own path for q/k/v tensor containers, an
   earlier override chained. The output is ComfyUI's own, so sampling is bit-identical with or without it.
-* joint attention (SD3, Flux, Qwen-Image, Lumina 2): text and image tokens attend jointly through the same
-  override, in the order the family's layout gives; the image-query x text-key block of each joint call
+* joint attention (SD3, Flux, Qwen-Image, Lumina 2, Z-Image): text and image tokens attend jointly through
+  the same override, in the order and with the padding the family's layout gives; the image-query x text-key block of each joint call
   is kept, renormalised over the text tokens, with the mask the model passes to that call. Calls over
   fewer tokens than text + image are not joint and are skipped: SD3.5's image-only attention, Lumina
-  2's context refiner (text only) and noise refiner (image only).
+  2's context refiner (text only) and noise refiner (image only); where both parts are padded (Z-Image)
+  only calls of exactly the padded text + padded image tokens are joint.
 * cross-attention whose call passes no transformer_options (PixArt): an object patch on each layer
   recomputes q and k from the layer's own projections and then runs the original forward.
 * cross-attention over a video latent reached by the override (Wan 2.1 / 2.2, text- and image-to-video):

@@ -118,7 +118,15 @@ class Observers:
         hw = (-(-call.hw[0] // p), -(-call.hw[1] // p))
         pad = self.reading.text_pad
         text = -(-call.text // pad) * pad if pad else call.text
-        if nq != nk or heads is None or nq < text + hw[0] * hw[1]:
+        if self.reading.layout.padded and pad:  # both parts padded: a joint call is exactly their padded sum
+            expected = text + -(-hw[0] * hw[1] // pad) * pad
+            joint = nq == expected
+            if nq > expected and nq == nk:
+                self._warn("padded_extra", f"a joint-attention call over {nq} tokens, more than the {expected} of the "
+                                           "padded text and image (reference images?), was not recorded.")
+        else:
+            joint = nq >= text + hw[0] * hw[1]
+        if nq != nk or heads is None or not joint:
             return  # image-only (SD3.5's second attention, Lumina 2's noise refiner) or text-only (its context refiner)
         rows = self._rows(call, q.shape[0])
         if not rows:

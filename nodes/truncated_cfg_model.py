@@ -29,8 +29,10 @@ class TruncatedCFGModel(io.ComfyNode):
                 "SamplerCustomAdvanced with CFGGuider), also beside EasyCache/LazyCache. Outside the window the "
                 "text-conditional pass is not computed at all. Use window_units 'sigma' for chained samplers "
                 "(high-noise then low-noise KSamplerAdvanced): the window is then the same noise range in both. "
-                "Guiders with more than two conditionings (DualCFGGuider, PerpNegGuider) are left exact. With cfg "
-                "1 there is only one pass per step, so nothing is skipped; the report says so."
+                "DualCFGGuider (HiDream E1, ...) is truncated too: outside the window its negative (tail 'uncond') "
+                "or its cond1 (tail 'cond') alone is computed. Other guiders with more than two conditionings "
+                "(PerpNegGuider) are left exact. With cfg 1 there is only one pass per step, so nothing is "
+                "skipped; the report says so."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The model to sample with. It is cloned, never modified."),

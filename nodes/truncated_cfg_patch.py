@@ -6,8 +6,10 @@ One implementation for the KSampler drop-in, the guider and the MODEL patch node
   pure ``shapefirst.guidance`` schedule decides). Outside the window only the kept branch is
   computed, and its prediction is returned for both CFG slots: CFG then yields exactly that
   prediction (uncond + w * 0), other packs' pre/post-CFG hooks still run on a consistent pair,
-  and the batch halves. Guiders with other than two branches (DualCFGGuider, PerpNegGuider) and
-  single-pass evaluations (cfg 1, guidance-distilled models) are left exact, and reported as such.
+  and the batch halves. Core's DualCFGGuider ([negative, middle, positive]) is truncated the same
+  way: the kept branch in all three slots makes both of its guidance terms 0. Other guiders
+  (PerpNegGuider) and single-pass evaluations (cfg 1, guidance-distilled models) are left exact, and
+  reported as such.
 * A keyed DIFFUSION_MODEL wrapper, moved innermost for each run, counts the batch rows the model
   really computes (EasyCache/LazyCache may skip whole evaluations).
 * The SAMPLER_SAMPLE wrapper (``RunRecorder``) plans the run from the sigmas actually sampled,
@@ -29,6 +31,8 @@ unguided tail and False inside the window (the text cache reads it). Everything 
 """
 
 from __future__ import annotations
+
+import re
 
 import torch
 
@@ -91,6 +95,7 @@ class TruncationController(RunRecorder):
         self._by_callback = False  # this run's steps come from the sampler's step callback
         self._next_step = 0  # the step the next evaluation belongs to (by callback)
         self._off_step: dict = {}  # device -> flag: an evaluation's sigma was not its step's (read at the end)
+        self._guider, self._dual_cfg = None, False  # this run's guider; core's DualCFGGuider (3 branches)
 
     # -- which step an evaluation belongs to ----------------------------------------------------
     def on_step(self, step, x0, x, total_steps) -> None:
@@ -124,18 +129,41 @@ class TruncationController(RunRecorder):
         self._by_callback = steps_by_callback(self.sampler)
         cfg = getattr(guider, "cfg", None)
         self._cfg = float(cfg) if isinstance(cfg, (int, float)) else self.settings.cfg
+        self._guider, self._dual_cfg = guider, _is_dual_cfg(guider)
         # our row counter innermost, in this run's copy of the options: it sees only real model calls
         wrappers = ((extra_args or {}).get("model_options", {}).get("transformer_options", {}).get("wrappers", {})
                     .get(pe.WrappersMP.DIFFUSION_MODEL))
         if wrappers and self.key in wrappers:
             wrappers[self.key] = wrappers.pop(self.key)
         s = self.settings
+        self._check_references(getattr(guider, "conds", None) or {})
         if s.units == UNITS_SIGMA and not self.schedule.guided_steps:
             LOGGER.warning(
                 "%s: no sampled step has a noise level in the window [%g, %g] (sampled sigmas: %s), so this "
                 "run is not guided at all (expected for the low-noise sampler of a chain). To guide it, widen "
                 "sigma_low / sigma_high to include some of these sigmas.", self.node, s.sigma_low, s.sigma_high,
                 ", ".join(f"{v:.4g}" for v in values[:-1]))
+
+    def _check_references(self, conds: dict) -> None:
+        """Edit models see the input image in the conditioning: reference latents (Qwen-Image-Edit, Flux
+        Kontext: ``ref_latents``) or an image concatenated to the latent (HiDream E1 through
+        InstructPixToPixConditioning: ``image_cond``). A tail that keeps a negative without it, while another
+        branch has it, samples as if there were no input image."""
+        def images(key):
+            return {name for c in conds.get(key) or [] for name in (c.get("model_conds") or {})
+                    if name in _INPUT_IMAGE_CONDS}
+
+        if self.settings.tail != TAIL_UNCOND or "negative" not in conds:
+            return
+        absent = {k: images(k) - images("negative") for k in conds if k != "negative"}
+        holders = sorted(k for k, names in absent.items() if names)
+        if holders:
+            what = ", ".join(_INPUT_IMAGE_CONDS[n] for n in sorted(set().union(*absent.values())))
+            LOGGER.warning("%s: the %s conditioning%s the input image (%s) and the negative none, so the unguided "
+                           "tail (tail 'uncond') samples without the input image. Give the negative the same image "
+                           "(ReferenceLatent or InstructPixToPixConditioning on it too, as core's Qwen-Image-Edit "
+                           "templates do), or set tail to 'cond'.", self.node, " and ".join(holders),
+                           " carries" if len(holders) == 1 else "s carry", what)
 
     def finish(self, completed: bool = True) -> None:
         r = self.record
@@ -192,37 +220,69 @@ class TruncationController(RunRecorder):
         guided = schedule.is_enabled(step)
         options = _with_tail(model_options, not guided)
         active = sum(c is not None for c in conds)
-        if len(conds) != 2 or active < 2:
+        keep = self._kept(conds)
+        if keep is None or active < 2:
             report.rows_full_cfg += rows * active
             self._rows_asked += rows * active
-            if len(conds) != 2:
+            if keep is None:
                 report.other_guiders += 1
                 if not self._warned_other:
                     self._warned_other = True
-                    LOGGER.warning("%s: this sampler's guider evaluates %d conditionings (DualCFGGuider, "
-                                   "PerpNegGuider...); truncated guidance applies to two-branch CFG only, so this "
-                                   "run is sampled exactly, with nothing skipped.", self.node, len(conds))
+                    LOGGER.warning("%s: this sampler's guider evaluates %d conditionings, more than two and not as "
+                                   "DualCFGGuider does (PerpNegGuider...); "
+                                   "truncated guidance applies to CFG and DualCFGGuider only, so this run is "
+                                   "sampled exactly, with nothing skipped.", self.node, len(conds))
             else:
                 report.single_pass += 1
             return executor(model, conds, x_in, timestep, options)
-        report.rows_full_cfg += 2 * rows
+        report.rows_full_cfg += active * rows
         if guided:
             report.guided += 1
-            self._rows_asked += 2 * rows
+            self._rows_asked += active * rows
             out = executor(model, conds, x_in, timestep, options)
-            self._measure(step, sigma, out, x_in)
+            self._measure(step, sigma, *self._guidance_pair(conds, out), x_in)
             return out
-        keep = self.settings.keep
-        only = [None, None]
+        only = [None] * len(conds)
         only[keep] = conds[keep]
         out = executor(model, only, x_in, timestep, options)
-        report.skipped_passes += 1
+        report.skipped_passes += active - 1
         self._rows_asked += rows
-        return [out[keep], out[keep]]
+        return [out[keep]] * len(conds)  # every guidance term is then exactly 0: the guider returns out[keep]
+
+    def _kept(self, conds) -> int | None:
+        """The branch computed outside the window, in the guider's order of ``conds``; None: a guider whose
+        branches truncation does not know (left exact).
+
+        CFG: [cond, uncond]. DualCFGGuider: [negative, middle, positive] (core's ``Guider_DualCFG``), whose
+        regular style n + cfg2 (m - n) + cfg1 (p - m) and nested style n + cfg2 (m + cfg1 (p - m) - n) both
+        give the kept branch when all three slots hold it (eq. 9 with both text guidance terms dropped): the
+        tail 'uncond' keeps the negative (the middle when core's cfg1 optimisation left the negative out,
+        cfg_cond2_negative = 1: the middle is then the unguided branch), the tail 'cond' the positive."""
+        if len(conds) == 2:
+            return self.settings.keep
+        if len(conds) == 3 and self._dual_cfg:
+            if self.settings.tail == TAIL_COND:
+                return 2
+            return next((i for i in (0, 1) if conds[i] is not None), 2)
+        return None
+
+    def _guidance_pair(self, conds, out) -> tuple:
+        """(guided prediction, unguided prediction, scale) of an evaluation, for the guidance-strength curve:
+        CFG's (cond, uncond, cfg); DualCFGGuider's combined prediction against its unguided branch (the
+        negative, or the middle when core left the negative out), scale 1."""
+        if len(out) == 2:
+            return out[0], out[1], self._cfg
+        g = self._guider
+        n, m, p = out
+        if conds[0] is None:  # regular style, cfg_cond2_negative 1: m + cfg1 (p - m)
+            return m + g.cfg1 * (p - m), m, 1.0
+        if getattr(g, "nested", False):
+            return n + g.cfg2 * (m + g.cfg1 * (p - m) - n), n, 1.0
+        return n + g.cfg2 * (m - n) + g.cfg1 * (p - m), n, 1.0
 
     # -- helpers ------------------------------------------------------------------------------------
-    def _measure(self, step: int, sigma: float, out, x_in) -> None:
-        u, g, ratio = guidance.guidance_strength(out[0], out[1], x_in, self._cfg)
+    def _measure(self, step: int, sigma: float, cond, uncond, cfg: float, x_in) -> None:
+        u, g, ratio = guidance.guidance_strength(cond, uncond, x_in, cfg)
         if step not in self._curve_steps:  # one point per step: its first evaluation
             self._curve_steps.add(step)
             # kept on the device and read once at the end: a read here would stall the GPU every step
@@ -239,6 +299,18 @@ class TruncationController(RunRecorder):
             self.record.curve.append({"step": step, "sigma": sigma, "rms_uncond": u, "rms_guidance": g,
                                       "ratio": ratio})
         self._pending = []
+
+
+# model conds through which an edit model sees its input image -> what the user connected
+_INPUT_IMAGE_CONDS = {"ref_latents": "reference latents", "image_cond": "an InstructPix2Pix image"}
+
+
+def _is_dual_cfg(guider) -> bool:
+    """True for core's DualCFGGuider (or a subclass): its branches are [negative, middle, positive]. Told by
+    the class's name and module: ComfyUI loads comfy_extras under module names of its own (0.3.75: the
+    file's path), so an import here would be another copy of the class."""
+    return any(c.__name__ == "Guider_DualCFG" and re.split(r"[./\\]", c.__module__)[-1] == "nodes_custom_sampler"
+               for c in type(guider).__mro__)  # the module: comfy_extras.nodes_custom_sampler, or its file path
 
 
 def _with_tail(model_options: dict, tail: bool) -> dict:

@@ -92,11 +92,15 @@ class JointLayout:
     """One joint attention call's token sequence: the text and image parts in ``order`` (more tokens may
     follow), the text padded to a multiple of the network's ``text_pad`` attribute when that is set,
     a mask passed positionally by the call when ``masked``. Calls over fewer tokens than text + image
-    are not joint (image-only or text-only layers) and are skipped."""
+    are not joint (image-only or text-only layers) and are skipped. ``padded``: both parts are padded
+    (each to a multiple of ``text_pad``, pad tokens after each part), so a joint call holds exactly
+    text_pad(text) + text_pad(image) tokens and only such calls are read (Z-Image: its refiner layers
+    attend over the padded text alone and the padded image alone)."""
 
     order: tuple[str, str] = TEXT_FIRST
     text_pad: str | None = None
     masked: bool = False
+    padded: bool = False
 
     def spans(self, text: int, image: int) -> tuple[tuple[int, int], tuple[int, int]]:
         """((text start, text length), (image start, image length)) in a joint sequence."""
@@ -185,11 +189,9 @@ FAMILIES: tuple[ModelFamily, ...] = (
     ModelFamily("Lumina 2", "comfy.ldm.lumina.model.NextDiT", JOINT, _joint(), when=(("pad_tokens_multiple", "is None"),),
                 joint=JointLayout(masked=True), text_encoders=("lumina2",)),
     ModelFamily(
-        "Z-Image", "comfy.ldm.lumina.model.NextDiT", JOINT,
-        _joint(capture=no("its text and image tokens are padded to a multiple of {pad_tokens_multiple} inside the "
-                          "joint attention, a layout the capture does not read")),
-        when=(("pad_tokens_multiple", "is not None"),), joint=JointLayout(text_pad="pad_tokens_multiple", masked=True),
-        text_encoders=("z_image",)),
+        # [prompt; learned pad tokens to a multiple of pad_tokens_multiple; image; pad tokens], no mask
+        "Z-Image", "comfy.ldm.lumina.model.NextDiT", JOINT, _joint(), when=(("pad_tokens_multiple", "is not None"),),
+        joint=JointLayout(text_pad="pad_tokens_multiple", masked=True, padded=True), text_encoders=("z_image",)),
     ModelFamily("Chroma", "comfy.ldm.chroma.model.Chroma", JOINT, _joint(), joint=JointLayout(),
                 text_encoders=("pixart",)),  # T5-XXL through PixArt's tokenizer (CLIPLoader type chroma)
     ModelFamily("Chroma Radiance", "comfy.ldm.chroma_radiance.model.ChromaRadiance", JOINT,
@@ -213,8 +215,9 @@ FAMILIES: tuple[ModelFamily, ...] = (
                 _joint(capture=no("its joint sequence holds register tokens beside the text and image tokens, a "
                                   "layout the capture does not read"))),
     ModelFamily("HiDream", "comfy.ldm.hidream.model.HiDreamImageTransformer2DModel", JOINT,
-                _joint(capture=no("its text reaches the image through joint layers fed by several text encoders, a "
-                                  "layout the capture does not read"))),
+                _joint(capture=no("its joint attention puts the image tokens first and then the rows of two text "
+                                  "encoders (T5, and per block a different Llama layer), a layout the capture does "
+                                  "not read"))),
     ModelFamily("OmniGen 2", "comfy.ldm.omnigen.omnigen2.OmniGen2Transformer2DModel", JOINT,
                 _joint(capture=no("its joint layout (reference images beside the text) is not read by the capture"))),
 )

@@ -215,7 +215,7 @@ class RunRecord:
     guided: int = 0  # evaluations that ran both passes
     skipped_passes: int = 0  # text-conditional (or unconditional, tail 'cond') passes not computed
     single_pass: int = 0  # evaluations with one pass only anyway (cfg 1, guidance-distilled models)
-    other_guiders: int = 0  # evaluations of guiders with more than two branches, left untouched
+    other_guiders: int = 0  # evaluations of guiders whose branches truncation does not know (PerpNeg), left untouched
     rows_computed: int = 0  # model batch rows actually run
     rows_full_cfg: int = 0  # rows plain CFG would have run
     stop_step: int | None = None  # adaptive mode: first step without guidance
@@ -239,7 +239,7 @@ class RunRecord:
                          "guidance-distilled model): there was no second pass to skip")
         if self.other_guiders:
             parts.append(f"{self.other_guiders} evaluations came from a guider with more than two conditionings "
-                         "(DualCFGGuider, PerpNegGuider...): left exact, nothing skipped")
+                         "other than DualCFGGuider (PerpNegGuider...): left exact, nothing skipped")
         if self.evaluations and not self.skipped_passes and not parts:
             parts.append("every step was inside the guidance window: nothing to skip")
         return "; ".join(parts)

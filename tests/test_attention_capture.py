@@ -285,14 +285,14 @@ def test_a_model_without_text_attention_is_refused(comfy):
     with pytest.raises(ValueError, match=r"AttentionMapCapture: Attention Map Capture does not apply to this model "
                                          r"\(SD1.x / SD2.x / SDXL, UNetModel\): it has no cross-attention layers .*"
                                          r"Connect an SD1.x / SD2.x / SDXL, PixArt, Wan 2.1 / 2.2 text-to-video, Wan 2.1 "
-                                         r"image-to-video, SD3, Flux, Flux 2, Qwen-Image, Lumina 2 or Chroma model\.$"):
+                                         r"image-to-video, SD3, Flux, Flux 2, Qwen-Image, Lumina 2, Z-Image or Chroma model\.$"):
         nodes.NODE_CLASS_MAPPINGS["AttentionMapCapture"].execute(unet, **CAPTURE)
 
 
-def test_z_image_is_refused_and_lumina2_of_the_same_class_is_read_as_joint_attention(comfy):
+def test_z_image_and_lumina2_of_the_same_class_are_told_apart_and_read_as_joint_attention(comfy):
     """Z-Image is Lumina 2's NextDiT with its text and image tokens padded to a multiple of 32 (pad tokens
-    inside the joint sequence): refused with the supported list. The same tiny net without that padding
-    (Lumina 2's layout, [text; image]) is accepted as joint attention."""
+    inside the joint sequence): read as joint attention with that padding (test_family_zimage.py checks the
+    maps). The same tiny net without it (Lumina 2's layout, [text; image]) is read without padding."""
     import comfy.model_patcher as mp
     import comfy.supported_models as sm
     import nodes
@@ -312,8 +312,6 @@ def test_z_image_is_refused_and_lumina2_of_the_same_class_is_read_as_joint_atten
     patched, recorder = node.execute(lumina2, **CAPTURE).result
     assert recorder.kind == "joint" and patched is not lumina2
     z_image = tiny(sm.ZImage, z_image_modulation=True, pad_tokens_multiple=32)
-    with pytest.raises(ValueError, match=r"AttentionMapCapture: Attention Map Capture does not apply to this model "
-                                         r"\(Z-Image, NextDiT\): its text and image tokens are padded to a multiple of "
-                                         r"32 inside the joint attention, a layout the capture does not read\. "
-                                         r"Connect an .*Lumina 2 or Chroma model\.$"):
-        node.execute(z_image, **CAPTURE)
+    patched, recorder = node.execute(z_image, **CAPTURE).result
+    assert recorder.kind == "joint" and recorder.reading.text_pad == 32 and recorder.reading.layout.padded
+    assert node.execute(lumina2, **CAPTURE).result[1].reading.text_pad is None
