@@ -93,6 +93,10 @@ class Run:
             meta = _load(self.state, model, opt, self.extra)
             self.start, self.elapsed = meta["step"], meta["elapsed"]
             print(f"[{name}] resuming at step {self.start}/{total}", flush=True)
+            log = self.dir / "loss.csv"
+            if log.exists():  # drop what was logged after the saved state
+                rows = [r for r in log.read_text().splitlines() if int(r.split(",")[0]) < self.start]
+                log.write_text("".join(r + "\n" for r in rows))
         self._t = time.time()
         self._last_save = self._t
         self._ema = None
