@@ -37,7 +37,7 @@ def _stages(args):
     w = Widths()
     steps = {k: max(10, int(v * args.steps_scale)) for k, v in STEPS.items()}
     ds = build(STATE / "data", DATA_SEED, int(DATA_N * min(1.0, args.steps_scale * 4)))
-    tokens = encode(ds.captions)
+    tokens = _tokens(ds, encode)
     only = set(args.only or [])
 
     def wanted(name):
@@ -52,6 +52,17 @@ def _stages(args):
         vae = vae or stages.train_vae(ds, STATE / "vae", w, steps["vae"])
         stage_unet.encode_all(ds, STATE / "encoded", clip.text, vae, tokens)
         stage_unet.train_unet(stage_unet.Encoded(STATE / "encoded"), STATE / "unet", w, steps["unet"])
+
+
+def _tokens(ds, encode):
+    """Token ids of every caption (cached next to the data: tokenizing 60000 captions takes a while)."""
+    import numpy as np
+    import torch
+
+    path = STATE / "data" / "tokens.npy"
+    if not path.exists():
+        np.save(path, encode(ds.captions).numpy().astype(np.int32))
+    return torch.from_numpy(np.load(path).astype(np.int64))
 
 
 def status() -> dict:
