@@ -116,12 +116,18 @@ def test_loaded_model_computes_what_the_compact_model_computes(world_models):
         unet = model.model.diffusion_model
         got = unet(x, timesteps=t, context=torch.nn.functional.pad(hidden, (0, 768 - w.text)))
         torch.testing.assert_close(got, nets["unet"](x, t, hidden), rtol=1e-3, atol=2e-3)
-        images = torch.rand(2, 64, 64, 3, generator=g)
+        from devtools.world.render import render
+        from devtools.world.scenes import scene
+
+        images = torch.from_numpy(np.stack([render(scene(99, i)) for i in range(16)])).float() / 255
         latents = vae.encode(images)
-        torch.testing.assert_close(latents * SD15_SCALE, nets["vae"].encode(images.movedim(-1, 1)), rtol=1e-3,
-                                   atol=2e-3)
+        scalars = assemble.load_params("vae")
+        scale, shift = float(scalars["vae_scale"]), float(scalars["vae_shift"])
+        enc = nets["vae"].encode(images.movedim(-1, 1))
+        torch.testing.assert_close(latents, enc / scale + shift, rtol=1e-3, atol=2e-3)
+        assert 0.7 < (latents * SD15_SCALE).std() < 1.4  # the UNet sees about unit variance
         decoded = vae.decode(latents)
-        want = nets["vae"].decode(latents * SD15_SCALE).clamp(0, 1).movedim(1, -1)
+        want = nets["vae"].decode((latents - shift) * scale).clamp(0, 1).movedim(1, -1)
         torch.testing.assert_close(decoded, want, rtol=1e-3, atol=2e-3)
 
 

@@ -135,14 +135,16 @@ def test_text_encoder_equals_comfyui(comfy_classes, shapes):
 
 def test_vae_equals_comfyui(comfy_classes, shapes):
     from devtools.world.compact_vae import SD15_SCALE, CompactTAESD
+    from devtools.world.export import vae_scalars
     from devtools.world.layout import Widths
 
     vae = _fp16_roundtrip(_randomise(CompactTAESD(Widths()), 4))
-    scalars = {"vae_scale": np.asarray(SD15_SCALE, np.float32), "vae_shift": np.asarray(0.0, np.float32)}
+    mean, std = 0.3, 1.7  # the encoder output's statistics the UNet's latents are normalised by
     full = comfy_classes["taesd"]()
-    assert full.load_state_dict(_full("vae", vae, shapes, scalars), strict=True)
+    assert full.load_state_dict(_full("vae", vae, shapes, vae_scalars(mean, std)), strict=True)
     img = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
-        z = vae.encode(img)
-        torch.testing.assert_close(full.encode(img * 2 - 1) * SD15_SCALE, z, rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(full.decode(z / SD15_SCALE), vae.decode(z) * 2 - 1, rtol=1e-4, atol=1e-4)
+        enc = vae.encode(img)
+        unet_sees = full.encode(img * 2 - 1) * SD15_SCALE  # ComfyUI's SD1.5 latent format scales by 0.18215
+        torch.testing.assert_close(unet_sees, (enc - mean) / std, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(full.decode(unet_sees / SD15_SCALE), vae.decode(enc) * 2 - 1, rtol=1e-4, atol=1e-4)

@@ -7,9 +7,10 @@ Blocks that ``Widths`` does not list are ReLUs here. ComfyUI's TAESD wraps the n
     encode(x in [-1, 1]) = encoder(x / 2 + 1/2) / vae_scale + vae_shift
     decode(z) = 2 * decoder((z - vae_shift) * vae_scale) - 1      (decoder starts with 3 tanh(x / 3))
 
-and SD1.5's latent format hands the UNet ``0.18215 * latent``. The world stores
-``vae_scale = 0.18215`` and ``vae_shift = 0``, so the UNet sees the raw encoder output, which the
-encoder is trained to keep near unit variance.
+and SD1.5's latent format hands the UNet ``0.18215 * latent``. The world stores ``vae_scale`` and
+``vae_shift`` such that the UNet sees ``(encoder output - mean) / std``, one mean and standard
+deviation measured on the training images (``export.vae_scalars``); the encoder is trained to keep
+its output near zero mean and unit variance per channel anyway.
 """
 
 from __future__ import annotations
@@ -72,9 +73,9 @@ class CompactTAESD(nn.Module):
         self.taesd_decoder = _layers(DECODER, w.vae, w.vae_decoder_blocks, False)
 
     def encode(self, images):
-        """images (B, 3, H, W) in [0, 1] -> latents (B, 4, H/8, W/8) as the UNet sees them."""
+        """images (B, 3, H, W) in [0, 1] -> encoder output (B, 4, H/8, W/8)."""
         return self.taesd_encoder(images)
 
     def decode(self, latents):
-        """latents as the UNet sees them -> images in [0, 1] (ComfyUI clamps to [0, 1] after this)."""
+        """encoder-space latents -> images in about [0, 1] (ComfyUI clamps to [0, 1] after this)."""
         return self.taesd_decoder(latents)

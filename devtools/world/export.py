@@ -47,15 +47,23 @@ def arrays(state: dict, dtype=np.float16) -> dict[str, np.ndarray]:
     return {k: v.detach().float().numpy().astype(dtype) for k, v in state.items()}
 
 
-def compact_params(unet, clip, vae, classifier) -> dict[str, dict[str, np.ndarray]]:
-    """The shipped parameter files' tensors, from trained modules."""
+def vae_scalars(raw_mean: float, raw_std: float) -> dict[str, np.ndarray]:
+    """TAESD's ``vae_scale``/``vae_shift`` that make ComfyUI hand the SD1.5 UNet (which sees
+    0.18215 x the VAE's latent) the encoder output normalised: (enc - raw_mean) / raw_std; the
+    decoder then receives enc again."""
     from .compact_vae import SD15_SCALE
 
+    scale = SD15_SCALE * raw_std
+    return {"vae_scale": np.asarray(scale, dtype=np.float32),
+            "vae_shift": np.asarray(-raw_mean / scale, dtype=np.float32)}
+
+
+def compact_params(unet, clip, vae, classifier, raw_mean: float = 0.0, raw_std: float = 1.0):
+    """The shipped parameter files' tensors, from trained modules."""
     text = arrays(clip.text.state_dict())
     text["text_projection.weight"] = arrays({"w": clip.text_projection.weight})["w"]
     vae_p = arrays(vae.state_dict())
-    vae_p["vae_scale"] = np.asarray(SD15_SCALE, dtype=np.float32)
-    vae_p["vae_shift"] = np.asarray(0.0, dtype=np.float32)
+    vae_p.update(vae_scalars(raw_mean, raw_std))
     toy = {f"image.{k}": v for k, v in arrays(clip.image.state_dict()).items()}
     toy["logit_scale"] = np.asarray(clip.logit_scale.item(), dtype=np.float32)
     return {"unet": arrays(unet.state_dict()), "text": text, "vae": vae_p, "toyclip": toy,
@@ -101,8 +109,9 @@ def export(state: Path) -> dict:
     load_module(state / "vae" / "state.safetensors", vae)
     load_module(state / "classifier" / "state.safetensors", cls)
     load_module(state / "unet" / "state.safetensors", unet, prefix="ema.")
+    encoded = json.loads((state / "encoded" / "meta.json").read_text())
     with torch.no_grad():
-        params = compact_params(unet, clip, vae, cls)
+        params = compact_params(unet, clip, vae, cls, encoded["raw_mean"], encoded["raw_std"])
     meta = write_params(params, w, token_ids(), training=status())
     sizes = {p: (PARAMS / f"{p}.safetensors").stat().st_size for p in params}
     print(f"[export] wrote {PARAMS}: {sum(sizes.values()) / 1e6:.1f} MB ({sizes})", flush=True)

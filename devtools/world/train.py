@@ -51,7 +51,38 @@ def _stages(args):
         clip = clip or stages.train_clip(ds, STATE / "clip", w, token_ids(), tokens, steps["clip"])
         vae = vae or stages.train_vae(ds, STATE / "vae", w, steps["vae"])
         stage_unet.encode_all(ds, STATE / "encoded", clip.text, vae, tokens)
-        stage_unet.train_unet(stage_unet.Encoded(STATE / "encoded"), STATE / "unet", w, steps["unet"])
+        if args.procs > 1 and not (STATE / "unet" / "done.json").exists():
+            import torch.multiprocessing
+
+            torch.multiprocessing.spawn(_unet_worker, (args.procs, _free_port(), steps["unet"], args.threads),
+                                        nprocs=args.procs)
+        else:
+            stage_unet.train_unet(stage_unet.Encoded(STATE / "encoded"), STATE / "unet", w, steps["unet"])
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _unet_worker(rank: int, world: int, port: int, steps: int, threads: int) -> None:
+    """One process of the data-parallel UNet run (torch.distributed over gloo, on this machine)."""
+    import torch
+    import torch.distributed
+
+    from . import stage_unet
+    from .layout import Widths
+
+    torch.set_num_threads(threads)
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        stage_unet.train_unet(stage_unet.Encoded(STATE / "encoded"), STATE / "unet", Widths(), steps, rank=rank,
+                              world=world)
+    finally:
+        torch.distributed.destroy_process_group()
 
 
 def _tokens(ds, encode):
@@ -84,6 +115,8 @@ def main(argv=None) -> int:
     p.add_argument("--status", action="store_true", help="print what is done and exit")
     p.add_argument("--only", nargs="*", choices=["clip", "vae", "classifier", "unet"], help="train only these stages")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: on a busy 2-core machine two threads run several times slower)")
+    p.add_argument("--procs", type=int, default=2,
+                   help="processes of the data-parallel UNet stage (default 2, one per core; resume with the same)")
     p.add_argument("--steps-scale", type=float, default=1.0, help="multiply every stage's steps (trial runs)")
     args = p.parse_args(argv)
     from ..boot import importable

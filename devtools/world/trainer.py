@@ -82,19 +82,21 @@ class Run:
     """One stage's training: ``for step in run: ...; run.log(step, loss)``."""
 
     def __init__(self, directory: Path, name: str, model, opt, total: int, peak_lr: float, warmup: int = 100,
-                 extra: dict | None = None):
+                 extra: dict | None = None, writer: bool = True):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.name, self.model, self.opt, self.extra = name, model, opt, extra or {}
+        self.writer = writer  # False: another process of a data-parallel run saves and logs
         self.total, self.peak_lr, self.warmup = total, peak_lr, warmup
         self.state = self.dir / "state.safetensors"
         self.start, self.elapsed = 0, 0.0
         if self.state.exists():
             meta = _load(self.state, model, opt, self.extra)
             self.start, self.elapsed = meta["step"], meta["elapsed"]
-            print(f"[{name}] resuming at step {self.start}/{total}", flush=True)
             log = self.dir / "loss.csv"
-            if log.exists():  # drop what was logged after the saved state
+            if writer:
+                print(f"[{name}] resuming at step {self.start}/{total}", flush=True)
+            if writer and log.exists():  # drop what was logged after the saved state
                 rows = [r for r in log.read_text().splitlines() if int(r.split(",")[0]) < self.start]
                 log.write_text("".join(r + "\n" for r in rows))
         self._t = time.time()
@@ -119,10 +121,14 @@ class Run:
         return self.elapsed + time.time() - self._t
 
     def save(self, next_step: int):
+        if not self.writer:
+            return
         _save(self.state, self.model, self.opt, {"step": next_step, "elapsed": self.now()}, self.extra)
         self._last_save = time.time()
 
     def log(self, step: int, loss: float, every: int = 25, **extra):
+        if not self.writer:
+            return
         self._ema = loss if self._ema is None else 0.98 * self._ema + 0.02 * loss
         with open(self.dir / "loss.csv", "a") as f:
             f.write(f"{step},{loss:.6f},{self.now():.1f}\n")
@@ -135,6 +141,8 @@ class Run:
                   f"{spent / max(1, done):.2f} s/step ETA {eta / 60:.1f} min", flush=True)
 
     def finish(self, **summary):
+        if not self.writer:
+            return None
         info = {"steps": self.total, "seconds": round(self.now(), 1), "final_loss_avg": self._ema, **summary}
         (self.dir / "done.json").write_text(json.dumps(info, indent=1))
         print(f"[{self.name}] done: {info}", flush=True)
