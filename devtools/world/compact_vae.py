@@ -72,6 +72,11 @@ class CompactTAESD(nn.Module):
         self.taesd_encoder = _layers(ENCODER, w.vae, w.vae_encoder_blocks, True)
         self.taesd_decoder = _layers(DECODER, w.vae, w.vae_decoder_blocks, False)
 
+    def forward(self, images, noise):
+        """(latents, reconstruction of the latents + ``noise``): one training pass."""
+        z = self.encode(images)
+        return z, self.decode(z + noise)
+
     def encode(self, images):
         """images (B, 3, H, W) in [0, 1] -> encoder output (B, 4, H/8, W/8)."""
         return self.taesd_encoder(images)

@@ -45,26 +45,40 @@ def train_clip(ds: Dataset, directory: Path, w: Widths, token_ids: list[int], to
     return model.eval()
 
 
-def vae_loss(vae: CompactTAESD, x: torch.Tensor, g: torch.Generator, noise: float = 0.1):
-    z = vae.encode(x)
-    y = vae.decode(z + noise * torch.randn(z.shape, generator=g))
-    rec = (y - x).abs().mean() + F.mse_loss(y, x)
+def object_weight(x: torch.Tensor, extra: float = 4.0) -> torch.Tensor:
+    """Per-pixel loss weight (B, 1, H, W): 1 + ``extra`` where a pixel differs from the image's median
+    colour (the background, nearly always): small objects would otherwise count for little."""
+    median = x.flatten(2).median(dim=2).values[:, :, None, None]
+    return 1 + extra * ((x - median).abs().sum(1, keepdim=True) > 0.15).float()
+
+
+def vae_loss(vae: CompactTAESD, x: torch.Tensor, g: torch.Generator, noise: float = 0.05):
+    z, y = vae(x, noise * torch.randn((x.shape[0], 4, x.shape[2] // 8, x.shape[3] // 8), generator=g))
+    wgt = object_weight(x)
+    rec = ((y - x).abs() * wgt).mean() + ((y - x).pow(2) * wgt).mean()
     edges = sum(((y.diff(dim=d) - x.diff(dim=d)).abs().mean() for d in (2, 3)))
     mean, var = z.mean(dim=(0, 2, 3)), z.var(dim=(0, 2, 3))
     reg = (mean.pow(2) + (var - 1).pow(2)).sum()
     return rec + 0.5 * edges + 0.05 * reg, rec, z
 
 
-def train_vae(ds: Dataset, directory: Path, w: Widths, steps: int, batch: int = 48, seed: int = 12) -> CompactTAESD:
-    """Reconstruction (L1 + L2 + edges) through noisy latents, latents pulled towards zero mean and
-    unit variance per channel."""
+def train_vae(ds: Dataset, directory: Path, w: Widths, steps: int, batch: int = 48, seed: int = 12,
+              rank: int = 0, world: int = 1) -> CompactTAESD:
+    """Reconstruction (L1 + L2, objects weighted up, + image gradients) through noisy latents,
+    latents pulled towards zero mean and unit variance per channel. ``rank``/``world``: one process
+    of a data-parallel run (see ``train_unet``)."""
     torch.manual_seed(seed)
     vae = CompactTAESD(w)
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
-    run = Run(directory, "vae", vae, opt, steps, 1e-3, warmup=100)
+    run = Run(directory, "vae", vae, opt, steps, 1e-3, warmup=100, writer=rank == 0)
+    model = vae
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(vae)
     for step in ([] if run.done else run):
-        idx = batch_indices(seed, ds.n, batch, step)
-        loss, rec, z = vae_loss(vae, ds.image_batch(idx), generator(seed, step))
+        idx = batch_indices(seed, ds.n, batch, step)[rank::world]
+        loss, rec, z = vae_loss(model, ds.image_batch(idx), generator(seed * 16 + rank, step))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

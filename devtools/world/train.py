@@ -22,7 +22,7 @@ from ..paths import RUNTIME_DIR
 
 STATE = Path(os.environ.get("SHAPEFIRST_WORLD_TRAIN", RUNTIME_DIR / "world-train"))
 DATA_SEED, DATA_N = 1, 60000
-STEPS = {"clip": 1200, "vae": 1500, "classifier": 1000, "unet": 5000}
+STEPS = {"clip": 1200, "vae": 2500, "classifier": 1000, "unet": 5000}
 
 
 def _stages(args):
@@ -44,6 +44,8 @@ def _stages(args):
         return not only or name in only
 
     clip = stages.train_clip(ds, STATE / "clip", w, token_ids(), tokens, steps["clip"]) if wanted("clip") else None
+    if wanted("vae") and args.procs > 1 and not (STATE / "vae" / "done.json").exists():
+        _spawn(args, "vae", steps["vae"])
     vae = stages.train_vae(ds, STATE / "vae", w, steps["vae"]) if wanted("vae") else None
     if wanted("classifier"):
         stages.train_classifier(ds, STATE / "classifier", steps["classifier"])
@@ -52,12 +54,15 @@ def _stages(args):
         vae = vae or stages.train_vae(ds, STATE / "vae", w, steps["vae"])
         stage_unet.encode_all(ds, STATE / "encoded", clip.text, vae, tokens)
         if args.procs > 1 and not (STATE / "unet" / "done.json").exists():
-            import torch.multiprocessing
+            _spawn(args, "unet", steps["unet"])
+        stage_unet.train_unet(stage_unet.Encoded(STATE / "encoded"), STATE / "unet", w, steps["unet"])
 
-            torch.multiprocessing.spawn(_unet_worker, (args.procs, _free_port(), steps["unet"], args.threads),
-                                        nprocs=args.procs)
-        else:
-            stage_unet.train_unet(stage_unet.Encoded(STATE / "encoded"), STATE / "unet", w, steps["unet"])
+
+def _spawn(args, stage: str, steps: int) -> None:
+    """Run ``stage`` data-parallel in ``args.procs`` processes (then it is done; the caller loads it)."""
+    import torch.multiprocessing
+
+    torch.multiprocessing.spawn(_worker, (args.procs, _free_port(), stage, steps, args.threads), nprocs=args.procs)
 
 
 def _free_port() -> int:
@@ -68,19 +73,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _unet_worker(rank: int, world: int, port: int, steps: int, threads: int) -> None:
-    """One process of the data-parallel UNet run (torch.distributed over gloo, on this machine)."""
+def _worker(rank: int, world: int, port: int, stage: str, steps: int, threads: int) -> None:
+    """One process of a data-parallel stage (torch.distributed over gloo, on this machine)."""
     import torch
     import torch.distributed
 
-    from . import stage_unet
+    from . import stage_unet, stages
+    from .dataset import Dataset
     from .layout import Widths
 
     torch.set_num_threads(threads)
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        stage_unet.train_unet(stage_unet.Encoded(STATE / "encoded"), STATE / "unet", Widths(), steps, rank=rank,
-                              world=world)
+        if stage == "vae":
+            stages.train_vae(Dataset(STATE / "data"), STATE / "vae", Widths(), steps, rank=rank, world=world)
+        else:
+            stage_unet.train_unet(stage_unet.Encoded(STATE / "encoded"), STATE / "unet", Widths(), steps, rank=rank,
+                                  world=world)
     finally:
         torch.distributed.destroy_process_group()
 

@@ -94,7 +94,7 @@ class Run:
             meta = _load(self.state, model, opt, self.extra)
             self.start, self.elapsed = meta["step"], meta["elapsed"]
             log = self.dir / "loss.csv"
-            if writer:
+            if writer and self.start < total:
                 print(f"[{name}] resuming at step {self.start}/{total}", flush=True)
             if writer and log.exists():  # drop what was logged after the saved state
                 rows = [r for r in log.read_text().splitlines() if int(r.split(",")[0]) < self.start]
