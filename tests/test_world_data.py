@@ -84,3 +84,25 @@ def test_evaluation_prompts_are_fixed():
     for p in pairs:
         diff = [k for k in ("shape", "colour") if p["a"][k] != p["b"][k]]
         assert diff == [p["differs"]]
+
+
+def test_shipped_workflows_in_world_words():
+    import json
+
+    from devtools import paths, world
+
+    replaced = 0
+    for path in sorted(paths.WORKFLOWS.glob("*.json")):
+        original = json.loads(path.read_text())
+        before = json.dumps(original)
+        swapped = world.in_world_words(original)
+        assert json.dumps(original) == before  # the input is untouched
+        for node in swapped.get("nodes", []):
+            for v in node.get("widgets_values") or []:
+                assert not (isinstance(v, str) and v in evalset.WORKFLOW_PROMPTS), (path.name, v)
+        replaced += json.dumps(swapped) != before
+    assert replaced >= 10
+    api = {"1": {"class_type": "CLIPTextEncode", "inputs": {"text": "A blue bird", "clip": ["2", 1]}}}
+    assert world.in_world_words(api)["1"]["inputs"] == {"text": "a blue circle", "clip": ["2", 1]}
+    for text in evalset.WORKFLOW_PROMPTS.values():  # every world prompt uses the world's words only
+        assert set(text.split()) <= set(vocab.words()), text

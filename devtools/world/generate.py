@@ -40,7 +40,7 @@ def images(harness, ckpt: str, prompts: list[str], seeds: list[int], **sampler):
 
     prompt, decodes = graph(ckpt, prompts, seeds, **sampler)
     run = harness.run(prompt, outputs=decodes)
-    return torch.cat([run.output(d)[0] for d in decodes])
+    return torch.cat([run.output_value(d) for d in decodes])
 
 
 def accuracy(imgs, truth: list[dict]) -> dict[str, float]:
