@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """AttentionMapCapture: sampling time and peak memory with and without the capture, side by side.
 
-    .runtime/venv/bin/python benchmarks/attention_capture.py [--arch tiny|full] [--size 64] [--steps 8]
-                                                            [--rounds 5] [--device cpu|cuda]
+    python3 benchmarks/attention_capture.py [--arch tiny|full] [--size 64] [--steps 8] [--rounds 5]
+                                            [--device cpu|cuda]
+
+Runs inside the ComfyUI runtime of devtools/runtime.py (built on first use).
 
 Builds an SD1.5 UNet from ComfyUI's own classes with seeded random weights (tiny: the test
 checkpoint's reduced depth, 4 cross-attention layers; full: the real SD1.5 layout, 16 layers,
@@ -30,6 +32,7 @@ from pathlib import Path
 import _bootstrap  # noqa: F401
 
 from devtools import boot
+from devtools.entry import HelpFormatter, in_runtime
 
 
 def start(device: str, work: Path):
@@ -97,17 +100,21 @@ class PeakMemory:
         return False
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", choices=["tiny", "full"], default="tiny")
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    ap.add_argument("--arch", choices=["tiny", "full"], default="tiny",
+                    help="tiny: the test checkpoint's reduced depth; full: the real SD1.5 layout")
     ap.add_argument("--size", type=int, default=64, help="image size in px (latent = size / 8)")
-    ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--steps", type=int, default=8, help="euler steps per run")
+    ap.add_argument("--rounds", type=int, default=5, help="timed runs of each variant, interleaved")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to sample")
     ap.add_argument("--threads", type=int, default=1,
                     help="CPU threads for torch (default 1: on a shared CPU, waiting OpenMP threads spin and "
                          "make both wall and CPU time swing several-fold)")
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def main(args) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         nodes = start(args.device, Path(tmp))
         import torch
@@ -173,4 +180,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    arguments = parse_args()  # before the runtime: --help answers at once
+    in_runtime(__file__)
+    sys.exit(main(arguments))

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Frequency split: time and peak memory next to a bare FFT round trip of the same input.
 
-    .runtime/venv/bin/python benchmarks/frequency_split.py [--size 2048] [--channels 4] [--batch 2]
+    python3 benchmarks/frequency_split.py [--size 2048] [--channels 4] [--batch 2]
+
+Runs inside the ComfyUI runtime of devtools/runtime.py (built on first use) for its torch.
 
 Each memory figure is the peak resident memory of a fresh child process minus that of a child
 that only allocated the input, so the numbers are side by side and comparable in one run.
@@ -16,6 +18,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import _bootstrap  # noqa: F401
+
+from devtools.entry import HelpFormatter, in_runtime
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,13 +53,16 @@ def measure(mode: str, shape: tuple[int, ...], repeats: int) -> dict:
     return best
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", type=int, default=2048)
-    ap.add_argument("--channels", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    ap.add_argument("--size", type=int, default=2048, help="height and width of the input")
+    ap.add_argument("--channels", type=int, default=4, help="channels of the input")
+    ap.add_argument("--batch", type=int, default=2, help="batch size of the input")
+    ap.add_argument("--repeats", type=int, default=3, help="fresh child processes per measure (the best counts)")
+    return ap.parse_args(argv)
+
+
+def main(args) -> int:
     shape = (args.batch, args.channels, args.size, args.size)
     input_mb = 4 * args.batch * args.channels * args.size * args.size / 2**20
     fft = measure("fft", shape, args.repeats)
@@ -69,4 +78,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    arguments = parse_args()  # before the runtime: --help answers at once
+    in_runtime(__file__)
+    sys.exit(main(arguments))

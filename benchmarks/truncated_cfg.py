@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Truncated guidance vs core KSampler, measured side by side in one process (Table 2's shape).
 
-    .runtime/venv/bin/python benchmarks/truncated_cfg.py                 # tiny SD1.5, CPU, 128 px
-    .runtime/venv/bin/python benchmarks/truncated_cfg.py --full --size 512 --gpu   # full SD1.5 arch
-    .runtime/venv/bin/python benchmarks/truncated_cfg.py --quick --size 64 --rounds 20   # ours vs ideal only
+    python3 benchmarks/truncated_cfg.py                 # tiny SD1.5, CPU, 128 px
+    python3 benchmarks/truncated_cfg.py --full --size 512 --gpu   # full SD1.5 arch
+    python3 benchmarks/truncated_cfg.py --quick --size 64 --rounds 20   # ours vs ideal only
+
+Runs inside the ComfyUI runtime of devtools/runtime.py (built on first use).
 
 For the paper's settings (DDIM 50 steps, a = 0..50 by 10; DPM-Solver++ 25 steps, a = 0..25 by 5,
 a = final steps without the text pass) it times, in rounds of groups that each include their own
@@ -50,6 +52,7 @@ import _bootstrap  # noqa: F401
 import truncated_cfg_peers
 
 from devtools import boot, checkpoints
+from devtools.entry import HelpFormatter, in_runtime
 from devtools.harness import ComfyHarness
 
 PAPER = {("ddim", 0): 0.0, ("ddim", 10): 7.84, ("ddim", 20): 18.10, ("ddim", 30): 27.18, ("ddim", 40): 35.24,
@@ -58,10 +61,10 @@ PAPER = {("ddim", 0): 0.0, ("ddim", 10): 7.84, ("ddim", 20): 18.10, ("ddim", 30)
 SETTINGS = [("ddim", "ddim_uniform", 50, 10), ("dpmpp_2m", "normal", 25, 5)]
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--size", type=int, default=128, help="image size in pixels (latent = size / 8)")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds of every group")
     ap.add_argument("--full", action="store_true", help="full SD1.5 architecture (random weights, 2 GB)")
     ap.add_argument("--gpu", action="store_true", help="run on the GPU (default: CPU)")
     ap.add_argument("--threads", type=int, default=1,
@@ -76,7 +79,10 @@ def main() -> int:
     ap.add_argument("--gate", type=float, default=0.4, help="peers section: guided share of the schedule")
     ap.add_argument("--peer-steps", type=int, default=25, help="peers section: DPM++ 2M steps")
     ap.add_argument("--pairs", type=int, default=8, help="paired runs for the overhead section (0: skip it)")
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def main(args) -> int:
     if args.peers_only or args.quick:
         args.only = "peers"
 
@@ -267,4 +273,6 @@ def _median_interval(values, resamples: int = 2000, seed: int = 0) -> tuple[floa
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    arguments = parse_args()  # before the runtime: --help answers at once
+    in_runtime(__file__)
+    sys.exit(main(arguments))

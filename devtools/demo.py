@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
-import os
+import signal
 import sys
 import time
 from pathlib import Path
 
+from .demo_report import RANDOM_WEIGHTS_NOTE, describe, guidance_reports, saved_share, summary, ui_message
+from .entry import HelpFormatter
 from .paths import DEMO_OUTPUT, UI_BASE, WORKFLOWS
 from .runtime import Runtime
 
@@ -23,18 +26,14 @@ SIZES = {  # (quick, full) image size: the random demo checkpoint / a real check
     "demo": (64, 128),
     "real": (256, None),
 }
-RANDOM_WEIGHTS_NOTE = (
-    "The demo checkpoint has RANDOM weights (real SD1.5 architecture, no training): every number, "
-    "curve and timing is real, but the images are noise. For real pictures pass --ckpt with a real "
-    "Stable Diffusion 1.x checkpoint, e.g. v1-5-pruned-emaonly.safetensors."
-)
+DEMO_CHECKPOINT = "sd15"  # devtools/checkpoints.py spec the demo runs without --ckpt (default_checkpoint)
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="demo.py", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="demo.py", description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--ckpt", type=Path, help="a real SD1.x checkpoint (.safetensors); default: the random demo one")
-    ap.add_argument("--out", type=Path, default=DEMO_OUTPUT, help="where outputs and summary.md go")
+    ap.add_argument("--out", type=Path, default=DEMO_OUTPUT,
+                    help="where outputs and summary.md go (a run of --only writes summary-<names>.md)")
     ap.add_argument("--full", action="store_true",
                     help="the paper's step counts (default: every sampler capped at %d steps)" % QUICK_STEPS)
     ap.add_argument("--size", type=int, default=None,
@@ -45,10 +44,22 @@ def parse_args(argv):
                     help="torch CPU threads (default: 1 with the tiny demo checkpoint, whose operations are too small "
                          "to share out and whose threads only wait for each other on a busy machine; torch's "
                          "default with --ckpt)")
-    ap.add_argument("--only", metavar="NAME", default=None, help="run only this workflow (file name, .json optional)")
+    ap.add_argument("--only", metavar="NAME", action="append",
+                    help="run only this workflow (file name, .json optional); repeat for several")
     ap.add_argument("--ui", action="store_true", help="start the ComfyUI web UI instead of running headlessly")
     ap.add_argument("--port", type=int, default=8188, help="port for --ui (listens on 127.0.0.1 only)")
     return ap.parse_args(argv)
+
+
+def default_checkpoint(models: Path) -> Path:
+    """The checkpoint the demo runs without --ckpt, built on first use in this host's models folder:
+    the seeded random-weight SD1.5 of devtools/checkpoints.py (RANDOM_WEIGHTS_NOTE says what that means)."""
+    from . import checkpoints
+
+    folder = Path(models) / "checkpoints"
+    if not (folder / checkpoints.checkpoint_name(DEMO_CHECKPOINT)).exists():
+        print("demo: building the random-weight demo checkpoint (once, about 10 s)...", flush=True)
+    return checkpoints.ensure_checkpoint(DEMO_CHECKPOINT, folder)
 
 
 def _checkpoint(args, rt: Runtime) -> tuple[Path, bool]:
@@ -57,22 +68,38 @@ def _checkpoint(args, rt: Runtime) -> tuple[Path, bool]:
         if not ckpt.is_file():
             sys.exit(f"demo: --ckpt {args.ckpt} does not exist")
         return ckpt, False
-    from . import checkpoints
-
-    folder = Path(rt.models) / "checkpoints"
-    if not (folder / checkpoints.checkpoint_name("sd15")).exists():
-        print("demo: building the random-weight demo checkpoint (once, about 10 s)...", flush=True)
-    return checkpoints.ensure_checkpoint("sd15", folder), True
+    return default_checkpoint(rt.models), True
 
 
-def _workflows(only: str | None) -> list[Path]:
+def _workflows(only: list[str] | None) -> list[Path]:
     files = sorted(WORKFLOWS.glob("*.json"))
-    if only is None:
+    if not only:
         return files
-    chosen = [p for p in files if only in (p.name, p.stem)]
-    if not chosen:
-        sys.exit(f"demo: no workflow named {only!r}; choose one of: {', '.join(p.stem for p in files)}")
-    return chosen
+    names = [n for item in only for n in item.split(",") if n]
+    unknown = [n for n in names if not any(n in (p.name, p.stem) for p in files)]
+    if unknown:
+        sys.exit(f"demo: no workflow named {', '.join(map(repr, unknown))}; choose from: "
+                 f"{', '.join(p.stem for p in files)}")
+    return [p for p in files if p.name in names or p.stem in names]
+
+
+def _summary_name(files: list[Path], only) -> str:
+    """summary.md for the whole run; a run of --only never overwrites it."""
+    if not only:
+        return "summary.md"
+    stems = "+".join(p.stem for p in files)
+    return f"summary-{stems}.md" if len(stems) <= 120 else f"summary-{hashlib.sha256(stems.encode()).hexdigest()[:10]}.md"
+
+
+def _peak_mb() -> float | None:
+    """The process's peak resident memory so far (MB), where the platform reports it."""
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+    except (ImportError, OSError):
+        return None
 
 
 def _duration(seconds: float) -> str:
@@ -82,9 +109,8 @@ def _duration(seconds: float) -> str:
 
 def run_headless(args, rt: Runtime) -> int:
     from . import boot
-    from .harness import ComfyHarness, GraphError
-    from .workflows import family_models
-    from .workflows.convert import apply_overrides, ui_to_api
+    from .harness import ComfyHarness
+    from .workflows.convert import ui_to_api
 
     boot.quiet_logs()
     ckpt, is_demo = _checkpoint(args, rt)
@@ -95,9 +121,13 @@ def run_headless(args, rt: Runtime) -> int:
     out.mkdir(parents=True, exist_ok=True)
     h = ComfyHarness(out / ".work", checkpoints_dir=ckpt.parent, output_dir=out).boot()
     import comfy.utils
+    import server
     import torch
 
     comfy.utils.set_progress_bar_enabled(False)  # one progress line per workflow instead
+    if getattr(server.PromptServer, "instance", None) is None:
+        # the guider and the model patch send their report as an event, as to a browser: keep it
+        server.PromptServer.instance = h.server
     threads = args.threads or (1 if is_demo else None)
     if threads:
         torch.set_num_threads(threads)
@@ -106,92 +136,90 @@ def run_headless(args, rt: Runtime) -> int:
     mode = "full (the paper's step counts)" if args.full else f"quick (at most {QUICK_STEPS} steps per sampler)"
     print(f"demo: {len(files)} workflow(s), {mode}, images {size or 'as in each workflow'} px, "
           f"{torch.get_num_threads()} torch thread(s)", flush=True)
-    rows, failures = [], 0
+    rows, peaks, failures = [], [], 0
     wall0, cpu0 = time.perf_counter(), time.process_time()
     for k, path in enumerate(files, 1):
         prompt = ui_to_api(json.loads(path.read_text()), info)
-        family = family_models.family_of(prompt)
         t0, c0 = time.perf_counter(), time.process_time()
-        if family is not None and not is_demo:
-            status, notes = "skipped", [f"needs a {family} model; your --ckpt is an SD1.x checkpoint: load the "
-                                        "workflow in ComfyUI with that family's files"]
-        else:
-            try:
-                with family_models.text_encoder_node() if family else contextlib.nullcontext():
-                    if family:  # the tiny seeded model of that family (devtools/families.py)
-                        names = family_models.ensure_files(rt.models, [family])
-                        prompt = family_models.with_family_models(prompt, family, names)
-                    prompt = apply_overrides(prompt, ckpt=ckpt.name, size=size, max_steps=steps)
-                    result = h.run(prompt)
-                status, notes = "ok", _describe(result.ui, out)
-            except GraphError as exc:
-                failures += 1
-                status, notes = "FAILED", [str(exc)]
-        rows.append((path.stem, status, time.perf_counter() - t0, time.process_time() - c0, notes))
+        status, saved, notes = _run_one(h, rt, prompt, path.stem, (ckpt, is_demo, size, steps), out)
+        h.release()  # the next workflow starts without this one's models and outputs
+        failures += status == "FAILED"
+        rows.append((path.stem, status, time.perf_counter() - t0, time.process_time() - c0, saved, notes))
+        peaks.append(_peak_mb())  # the process's peak so far: the workflow that raises it holds the most
         elapsed = time.perf_counter() - wall0
         left = elapsed / k * (len(files) - k)
-        print(f"demo: [{k}/{len(files)}] {path.stem} {status} in {rows[-1][2]:.1f}s; elapsed "
-              f"{_duration(elapsed)}, about {_duration(left)} left", flush=True)
-        if status not in ("ok",):
+        print(f"demo: [{k}/{len(files)}] {path.stem} {status} in {rows[-1][2]:.1f}s"
+              + ("" if saved is None else f", truncated guidance saved {100 * saved:.1f}% of the model work")
+              + f"; elapsed {_duration(elapsed)}, about {_duration(left)} left", flush=True)
+        if status != "ok":
             print(f"demo:   {notes[0]}", flush=True)
     total = (time.perf_counter() - wall0, time.process_time() - cpu0)
-    summary = out / "summary.md"
-    summary.write_text(_summary(rows, ckpt, is_demo, mode, size, steps, total))
+    peak = _peak_mb()
+    name = _summary_name(files, args.only)
+    summary_path = out / name
+    summary_path.write_text(summary(rows, ckpt, is_demo, mode, size, steps, total, peak))
+    summary_path.with_suffix(".json").write_text(json.dumps(
+        {"workflows": [{"name": r[0], "result": r[1], "seconds": r[2], "cpu_seconds": r[3], "saved": r[4],
+                        "peak_rss_mb_so_far": p} for r, p in zip(rows, peaks)],
+         "seconds": total[0], "cpu_seconds": total[1], "peak_rss_mb": peak}, indent=1))
     print(f"demo: {sum(r[1] == 'ok' for r in rows)} of {len(rows)} workflows ran in {_duration(total[0])} "
-          f"(CPU time {_duration(total[1])}); summary: {summary}", flush=True)
+          f"(CPU time {_duration(total[1])})" + (f", peak memory {peak:.0f} MB" if peak else "")
+          + f"; summary: {summary_path}", flush=True)
     return 1 if failures else 0
 
 
-def _describe(ui: dict, out: Path) -> list[str]:
-    """Markdown lines for a workflow's results: its images (relative links) and the pack's reports."""
-    notes = []
-    for node_id, payload in ui.items():
-        for image in payload.get("images", []):
-            folder = out if image.get("type") == "output" else out / ".work" / image.get("type", "temp")
-            rel = os.path.relpath(folder / image.get("subfolder", "") / image["filename"], out)
-            notes.append(f"node {node_id}: ![{image['filename']}]({Path(rel).as_posix()})")
-        for curves in payload.get("shapefirst_curves", []):
-            c = curves["curves"]
-            notes.append(
-                f"node {node_id}: {curves['steps']} steps; |x_t - x_0|/|x_0| at the first step: "
-                f"low {c['ratio_denoise_low'][0]:.3f}, high {c['ratio_denoise_high'][0]:.3f}; files "
-                + ", ".join(f"{f['subfolder']}/{f['filename']}" for f in curves.get("files", [])))
-        for table in payload.get("shapefirst_tokens", []):
-            rows = sum(len(e.get("rows", [])) for e in table.get("encoders", []))
-            notes.append(f"node {node_id}: EOS swap, {rows} token rows; {table.get('title', '')}")
-    return notes
+def _run_one(h, rt: Runtime, prompt: dict, name: str, setup, out: Path) -> tuple[str, float | None, list[str]]:
+    """Run one workflow: (result, share of model work truncated guidance saved or None, summary lines)."""
+    from .harness import GraphError
+    from .workflows import family_models
+    from .workflows.convert import apply_overrides
+
+    ckpt, is_demo, size, steps = setup
+    family = family_models.family_of(prompt)
+    if family is not None and not is_demo:
+        return "skipped", None, [f"needs a {family} model; your --ckpt is an SD1.x checkpoint: load the "
+                                 "workflow in ComfyUI with that family's files"]
+    try:
+        with family_models.text_encoder_node() if family else contextlib.nullcontext():
+            if family:  # the tiny seeded model of that family (devtools/families.py)
+                names = family_models.ensure_files(rt.models, [family])
+                prompt = family_models.with_family_models(prompt, family, names)
+            prompt = apply_overrides(prompt, ckpt=ckpt.name, size=size, max_steps=steps)
+            result = h.run(prompt)
+    except GraphError as exc:
+        return "FAILED", None, [str(exc)]
+    saved = saved_share(guidance_reports(result.ui, result.messages))
+    return "ok", saved, describe(result.ui, result.messages, out, h.work_dir / "temp", name)
 
 
-def _summary(rows, ckpt: Path, is_demo: bool, mode: str, size, steps, total) -> str:
-    lines = ["# ShapeFirst demo run", "",
-             f"- checkpoint: {ckpt.name}" + (" (random weights)" if is_demo else ""),
-             "- workflows of other model families (SD3.5, Wan, Qwen-Image): "
-             + ("the tiny seeded models of devtools/families.py (random weights)" if is_demo
-                else "skipped (they need that family's files)"),
-             f"- mode: {mode}; image size: {size or 'as in each workflow'}; step cap: {steps or 'none'}"
-             + ("" if steps is None else "; `--full` runs the paper's step counts"),
-             f"- total: {total[0]:.0f} s wall, {total[1]:.0f} s CPU time of the process", ""]
-    if is_demo:
-        lines += [f"> {RANDOM_WEIGHTS_NOTE}", ""]
-    lines += ["| workflow | result | seconds | CPU seconds |", "|---|---|---|---|"]
-    lines += [f"| {name} | {status} | {secs:.1f} | {cpu:.1f} |" for name, status, secs, cpu, _ in rows]
-    for name, _, _, _, notes in rows:
-        lines += ["", f"## {name}", "", *[f"- {n}" for n in notes]]
-    return "\n".join(lines) + "\n"
+def _exit(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def _stop_on_signals(handler=_exit) -> None:
+    """SIGTERM and SIGHUP end this process the way Ctrl-C does: through the ``finally`` that stops ComfyUI."""
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            signal.signal(sig, handler)
 
 
 def run_ui(args, rt: Runtime) -> int:
     from .server import ComfyServer, prepare_base
 
+    _stop_on_signals()
     ckpt, is_demo = _checkpoint(args, rt)
-    srv = ComfyServer(rt.python, rt.comfyui, prepare_base(UI_BASE, [ckpt]), port=args.port)
+    base = prepare_base(UI_BASE, [ckpt])
+    srv = ComfyServer(rt.python, rt.comfyui, base, port=args.port)
     print(f"demo: starting ComfyUI (log: {srv.log_path}) ...", flush=True)
-    srv.start()
-    print(f"demo: ComfyUI is running at {srv.url} with ShapeFirst and checkpoint {ckpt.name}.")
-    print("demo: open the workflow browser (Workflow > Browse Templates > comfyui-shapefirst). Ctrl-C stops.")
-    if is_demo:
-        print(f"demo: {RANDOM_WEIGHTS_NOTE}")
     try:
+        srv.start()
+        print(f"demo: ComfyUI is running at {srv.url} with ShapeFirst and the checkpoint {ckpt.name}"
+              + (" (random weights)." if is_demo else "."))
+        for line in ui_message(sorted(WORKFLOWS.glob("*.json")), base / "models", ckpt, is_demo):
+            print(f"demo: {line}")
+        if is_demo:
+            print(f"demo: {RANDOM_WEIGHTS_NOTE}")
+        print("demo: Ctrl-C stops ComfyUI.", flush=True)
         while srv.proc.poll() is None:
             time.sleep(1)
         print(srv.log_tail(), file=sys.stderr)
@@ -199,7 +227,8 @@ def run_ui(args, rt: Runtime) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        srv.stop()
+        _stop_on_signals(signal.SIG_IGN)  # a second signal must not cut the stop short
+        srv.stop()  # also when a signal ends this process: never leave ComfyUI serving
 
 
 def main(rt: Runtime, argv=None) -> int:

@@ -1,7 +1,12 @@
-"""Start an entry script inside the ComfyUI runtime (standard library only)."""
+"""Start an entry script inside the ComfyUI runtime (standard library only).
+
+Entry scripts parse their arguments before :func:`in_runtime`, so ``--help`` answers at once on a
+fresh clone: nothing is built and nothing heavier than the standard library is imported.
+"""
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -9,6 +14,18 @@ from pathlib import Path
 from .runtime import Runtime, RuntimeError_, ensure_runtime
 
 INNER = "SHAPEFIRST_IN_RUNTIME"
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The entry scripts' help: the description as written, and every option's default after its help
+    (unless the help already says it, or the default is none or off)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.option_strings and action.default not in (None, False, argparse.SUPPRESS)
+                and "default" not in text):
+            text += " (default: %(default)s)"
+        return text
 
 
 def in_runtime(script: str, argv: list[str] | None = None) -> Runtime:

@@ -86,6 +86,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpoints import _ensure_file  # written aside, renamed into place
+from .hosts import host_unet
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +228,7 @@ def diffusion_state_dict(family: str) -> dict:
 
     spec = FAMILIES[family]
     dtype = getattr(torch, spec.dtype)
-    config = getattr(comfy.supported_models, spec.config_class)(dict(spec.unet))
+    config = getattr(comfy.supported_models, spec.config_class)(host_unet(spec.unet))
     config.set_inference_dtype(dtype, None)  # built in the file's dtype: no second copy at full width
     model = config.get_model({}, device="cpu")
     net = model.diffusion_model

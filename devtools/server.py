@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -47,14 +49,45 @@ def prepare_base(base: Path, checkpoints: list[Path]) -> Path:
     return base
 
 
+def _parent_death_signal():
+    """A function for Popen's preexec_fn that makes the child get SIGTERM when the thread that started
+    it ends, however it ends (Linux prctl PR_SET_PDEATHSIG); None where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, not in the forked child
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def set_signal():
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the call
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return set_signal
+
+
 class ComfyServer:
+    """A ComfyUI server process with the pack. ``stop()`` (or leaving the ``with`` block) ends it; with
+    ``die_with_parent`` (Linux) it also ends when the thread that started it ends, even by SIGKILL, so
+    no server is left behind: start it from a thread that outlives it (the main thread)."""
+
     def __init__(self, python: Path, comfyui: Path, base: Path, port: int | None = None,
-                 host: str = "127.0.0.1", log_path: Path | None = None, extra_args: list[str] = ()):
+                 host: str = "127.0.0.1", log_path: Path | None = None, extra_args: list[str] = (),
+                 cpu: bool = True, env: dict | None = None, new_session: bool = False,
+                 die_with_parent: bool = True):
+        self.die_with_parent = die_with_parent
         self.python, self.comfyui, self.base = Path(python), Path(comfyui), Path(base)
         self.extra_args = list(extra_args)  # more main.py options, e.g. ["--front-end-root", DIR]
         self.port = port or free_port()
         self.host = host
         self.log_path = Path(log_path) if log_path else self.base / "server.log"
+        self.cpu = cpu  # False: compute on the GPU the environment shows it (e.g. CUDA_VISIBLE_DEVICES in env)
+        self.env = dict(env or {})  # added to this process's environment
+        self.new_session = new_session  # True: a terminal's Ctrl-C reaches only the parent, which stops it
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -62,13 +95,22 @@ class ComfyServer:
         return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = 180.0) -> "ComfyServer":
-        cmd = [str(self.python), "main.py", "--cpu", "--listen", self.host, "--port", str(self.port),
-               "--base-directory", str(self.base), "--disable-auto-launch", "--preview-method", "none",
-               "--database-url", f"sqlite:///{self.base / 'user' / 'comfyui.db'}", *self.extra_args]
+        return self.launch().wait_ready(timeout)
+
+    def launch(self) -> "ComfyServer":
+        """Start main.py and return at once (``wait_ready`` waits for it to answer)."""
+        cmd = [str(self.python), "main.py", *(["--cpu"] if self.cpu else []), "--listen", self.host,
+               "--port", str(self.port), "--base-directory", str(self.base), "--disable-auto-launch",
+               "--preview-method", "none", "--database-url", f"sqlite:///{self.base / 'user' / 'comfyui.db'}",
+               *self.extra_args]
         self._log = open(self.log_path, "w")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self.proc = subprocess.Popen(cmd, cwd=self.comfyui, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL, start_new_session=self.new_session,
+                                     preexec_fn=_parent_death_signal() if self.die_with_parent else None)
+        return self
+
+    def wait_ready(self, timeout: float = 180.0) -> "ComfyServer":
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -2,21 +2,24 @@
 
 Each (prompt, window) becomes one API-format graph built from core nodes and the pack's
 TruncatedCFGSampler, queued over ComfyUI's own HTTP API (POST /prompt). One task per server
-keeps that server's queue a little ahead of its work and listens to its websocket; the
-sampling time of a job is the time between the sampler node starting and the next node
-starting (both announced on the websocket), so text encoding, model loading and VAE decoding
-are not counted. The sampler's accounting comes from /history, the image from /view. A server
-that stops answering has its unfinished jobs handed to the others. Every finished job is
-appended to results.jsonl at once, so an interrupted sweep resumes where it stopped.
+first runs a short warm-up graph there (model loading and first-call costs stay out of the
+timings), then keeps that server's queue a little ahead of its work and listens to its
+websocket; the sampling time of a job is the time between the sampler node starting and the next
+node starting (both announced on the websocket), so text encoding, model loading and VAE decoding
+are not counted. Every window of a prompt runs on one server, so each image is timed against its
+a = 0 twin there. The sampler's accounting comes from /history, the image from /view. A server
+that stops answering has its unfinished jobs handed to the others. Every finished job is appended
+to results.jsonl at once, so an interrupted sweep resumes where it stopped; an interrupt (Ctrl-C)
+takes this sweep's queued and running jobs off every server on the way out.
 
-The pure parts (prompt files, windows, the work queue, the table) are in shapefirst/sweep.py;
-the metrics that need models in devtools/sweep_metrics.py.
+The pure parts (prompt files, windows, the work queue) are in shapefirst/sweep.py, the table in
+shapefirst/sweep_table.py; the metrics in devtools/sweep_metrics.py; the command line in
+devtools/sweep_cli.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import difflib
 import json
 import logging
 import re
@@ -27,13 +30,13 @@ from pathlib import Path
 
 from shapefirst import sweep as pure
 
+from .sweep_server import SAMPLER, Server, SweepError
+
 LOG = logging.getLogger("shapefirst.sweep")
-SAMPLER = "TruncatedCFGSampler"
 SAMPLER_ID, DECODE_ID, SAVE_ID = "5", "6", "7"
+WARM_UP_STEPS = 3  # two guided steps and one without the text pass: both batch shapes run once
 
-
-class SweepError(RuntimeError):
-    """The sweep cannot start or go on; the message says what to change."""
+__all__ = ["Settings", "Sweep", "SweepError", "build_graph", "warm_up_graph"]
 
 
 @dataclass
@@ -55,7 +58,7 @@ class Settings:
 
 
 def safe_name(key: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", key.replace("=", "-")).strip("_")[:80]
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", key.replace("=", "-").replace("%", "pct")).strip("_")[:80]
 
 
 def build_graph(job: pure.Job, s: Settings) -> dict:
@@ -77,94 +80,42 @@ def build_graph(job: pure.Job, s: Settings) -> dict:
     }
 
 
-def _options(info: dict, node: str, name: str) -> list:
-    spec = info[node]["input"]["required"][name]
-    opts = spec[0]
-    if isinstance(opts, str) and len(spec) > 1 and isinstance(spec[1], dict):  # V3: ["COMBO", {"options": [...]}]
-        opts = spec[1].get("options", [])
-    return list(opts)
-
-
-def _unknown(what: str, value: str, options: list, url: str, fix: str) -> SweepError:
-    near = difflib.get_close_matches(value, [str(o) for o in options], n=3)
-    hint = f" Did you mean {', '.join(near)}?" if near else ""
-    return SweepError(f"{what} {value!r} is not known to ComfyUI at {url}.{hint} {fix} "
-                      f"(available: {', '.join(map(str, options[:12]))}{' ...' if len(options) > 12 else ''})")
-
-
-class Server:
-    """One ComfyUI server over HTTP (aiohttp, which ComfyUI itself requires)."""
-
-    def __init__(self, url: str):
-        self.url = url.rstrip("/")
-        self.client_id = uuid.uuid4().hex
-        self.done = 0
-        self.dropped = False
-
-    async def get_json(self, http, path: str, timeout: float = 30):
-        import aiohttp
-
-        async with http.get(self.url + path, timeout=aiohttp.ClientTimeout(total=timeout)) as r:
-            r.raise_for_status()
-            return await r.json()
-
-    async def check(self, http, s: Settings) -> None:
-        """Everything a graph needs, before anything is queued."""
-        try:
-            await self.get_json(http, "/system_stats", timeout=10)
-        except Exception as exc:
-            raise SweepError(f"ComfyUI at {self.url} does not answer ({type(exc).__name__}: {exc}). Start it "
-                             "there (python main.py --listen 127.0.0.1 --port PORT) or leave that --server out.")
-        info = {}
-        for node in ("CheckpointLoaderSimple", SAMPLER):
-            info.update(await self.get_json(http, f"/object_info/{node}"))
-        if SAMPLER not in info:
-            raise SweepError(f"ComfyUI at {self.url} has no {SAMPLER} node: install the ShapeFirst pack in its "
-                             "custom_nodes folder and restart it.")
-        for what, value, node, name, fix in (
-                ("checkpoint", s.checkpoint, "CheckpointLoaderSimple", "ckpt_name",
-                 "Put the file in that server's models/checkpoints and restart it, or fix --checkpoint."),
-                ("sampler", s.sampler, SAMPLER, "sampler_name", "Fix --sampler."),
-                ("scheduler", s.scheduler, SAMPLER, "scheduler", "Fix --scheduler.")):
-            opts = _options(info, node, name)
-            if value not in opts:
-                raise _unknown(what, value, opts, self.url, fix)
-
-    async def queue(self, http, graph: dict) -> str:
-        async with http.post(self.url + "/prompt", json={"prompt": graph, "client_id": self.client_id}) as r:
-            body = await r.json(content_type=None)
-            if r.status != 200:
-                raise SweepError(f"ComfyUI at {self.url} refused the graph: {json.dumps(body)[:800]}")
-            return body["prompt_id"]
-
-    async def image(self, http, ref: dict) -> bytes:
-        params = {"filename": ref["filename"], "subfolder": ref.get("subfolder", ""), "type": ref.get("type", "output")}
-        async with http.get(self.url + "/view", params=params) as r:
-            r.raise_for_status()
-            return await r.read()
+def warm_up_graph(job: pure.Job, s: Settings) -> dict:
+    """The job's graph at WARM_UP_STEPS steps (guided, then one without the text pass), previewed
+    instead of saved: it loads the model and runs both batch shapes once before anything is timed."""
+    graph = build_graph(job, s)
+    steps = min(s.steps, WARM_UP_STEPS)
+    graph[SAMPLER_ID]["inputs"].update(steps=steps, guidance_end=(steps - 1) / steps if steps > 1 else 1.0,
+                                       window="fixed")
+    graph[SAVE_ID] = {"class_type": "PreviewImage", "inputs": {"images": [DECODE_ID, 0]}}
+    return graph
 
 
 @dataclass
 class _Flight:
-    job: pure.Job
+    job: pure.Job | None  # None: the warm-up
     started: dict = field(default_factory=dict)  # node id -> time its "executing" message arrived
 
 
 class Sweep:
-    """One sweep: jobs, servers, the results file. ``run()`` returns the records of every job."""
+    """One sweep: jobs, servers, the results file. ``run()`` returns the records of every job;
+    ``notes`` says afterwards what makes this run's timings less comparable."""
 
     def __init__(self, settings: Settings, prompts, windows, urls: list[str], out_dir: Path, depth: int = 2,
-                 drop_after: float = 5.0, on_record=None):
+                 on_record=None):
         self.s, self.prompts, self.windows = settings, prompts, windows
         self.servers = [Server(u) for u in urls]
         self.out = Path(out_dir)
         self.results = self.out / "results.jsonl"
         self.images = self.out / "images"
-        self.depth, self.drop_after, self.on_record = depth, drop_after, on_record
+        self.depth, self.on_record = depth, on_record
         self.config = settings.config(windows, prompts)
         self.jobs = pure.build_jobs(prompts, windows)
-        self.queued = 0  # graphs POSTed in this session
+        self.session = uuid.uuid4().hex[:12]  # records of one run share it: timings compare within a run
+        self.queued = 0  # graphs POSTed in this session (warm-ups not counted)
         self.failed: list[dict] = []
+        self.notes: list[str] = []
+        self._flights: dict[str, dict[str, _Flight]] = {}  # server url -> prompt id -> job there
 
     def run(self) -> dict[str, dict]:
         return asyncio.run(self._run())
@@ -175,10 +126,11 @@ class Sweep:
         records = pure.load_results(self.results, self.config)
         async with aiohttp.ClientSession() as http:
             for server in self.servers:
-                await server.check(http, self.s)
+                await server.check(http, self.s.checkpoint, self.s.sampler, self.s.scheduler)
             todo = [j for j in self.jobs if j.key not in records]
             LOG.info("sweep: %d images, %d already in %s, %d to make on %d server(s)", len(self.jobs),
                      len(self.jobs) - len(todo), self.results, len(todo), len(self.servers))
+            self._shared_cpu_note()
             if not todo:
                 return records
             self.images.mkdir(parents=True, exist_ok=True)
@@ -188,16 +140,50 @@ class Sweep:
             self.work = pure.WorkQueue(self.jobs, set(records))
             self.progress = pure.Progress(len(self.jobs), len(self.jobs) - len(todo))
             self._records = records
-            await asyncio.gather(*(self._serve(http, srv) for srv in self.servers))
+            tasks = [asyncio.ensure_future(self._serve(http, srv, todo[0])) for srv in self.servers]
+            try:
+                await asyncio.gather(*tasks)
+            except BaseException:  # Ctrl-C, SIGTERM, or a server refusing a graph: nothing of ours stays queued
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await self._cancel_everywhere()
+                raise
         if not self.work.finished:
             raise SweepError(f"every server dropped out with {len(self.work.pending) + len(self.work.in_flight)} "
                              f"images left; start the servers again and rerun the same command to resume")
         return records
 
-    async def _serve(self, http, srv: Server) -> None:
-        flights: dict[str, _Flight] = {}
+    def _shared_cpu_note(self) -> None:
+        by_host: dict[str, list[Server]] = {}
+        for srv in self.servers:
+            if srv.device == "cpu":
+                by_host.setdefault(srv.host, []).append(srv)
+        for host, group in by_host.items():
+            if len(group) > 1:
+                self.notes.append(f"{len(group)} servers on {host} compute on its CPU and share its cores: each one's "
+                                  "times depend on what the others run at that moment, so saved latency is noisier "
+                                  "than with one server per GPU")
+
+    async def _cancel_everywhere(self) -> None:
+        """This sweep's queued and running jobs off every server still answering (a fresh session:
+        the run's own may be closing)."""
+        import aiohttp
+
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            targets = [(srv, list(self._flights.get(srv.url, {}))) for srv in self.servers if not srv.dropped]
+            results = await asyncio.gather(*(srv.cancel(http, pids) for srv, pids in targets), return_exceptions=True)
+        for (srv, pids), res in zip(targets, results):
+            if isinstance(res, BaseException):
+                LOG.warning("sweep: could not cancel %d job(s) on %s (%s)", len(pids), srv.url, res)
+            elif sum(res):
+                LOG.info("sweep: cancelled %d queued and %d running job(s) on %s", res[0], res[1], srv.url)
+
+    async def _serve(self, http, srv: Server, first: pure.Job) -> None:
+        flights = self._flights.setdefault(srv.url, {})
         try:
             async with http.ws_connect(f"{srv.url}/ws?clientId={srv.client_id}", heartbeat=10) as ws:
+                await self._warm_up(http, srv, ws, flights, first)
                 while not self.work.finished:
                     while len(flights) < self.depth and (job := self.work.take(srv.url)) is not None:
                         try:
@@ -210,36 +196,66 @@ class Sweep:
                     if not flights:
                         await asyncio.sleep(0.2)  # others may still hand work back
                         continue
-                    try:
-                        msg = await ws.receive(timeout=1.0)
-                    except asyncio.TimeoutError:
-                        continue
-                    if msg.type in (aiohttp_closed_types()):
-                        raise ConnectionError(f"websocket of {srv.url} closed")
-                    if msg.type.name != "TEXT":
-                        continue  # previews
-                    await self._message(http, srv, flights, json.loads(msg.data))
+                    msg = await self._receive(ws, srv)
+                    if msg is not None:
+                        await self._message(http, srv, flights, msg)
         except SweepError:
             raise
         except Exception as exc:  # the server is gone: its unfinished jobs go to the others
             srv.dropped = True
+            flights.clear()
             lost = self.work.drop(srv.url)
             LOG.warning("sweep: %s dropped out (%s: %s); %d unfinished image(s) handed to the other servers",
                         srv.url, type(exc).__name__, exc, len(lost))
+            if any(not s.dropped for s in self.servers):
+                self.notes.append(f"{srv.url} dropped out after {srv.done} image(s): servers sharing a machine with "
+                                  "it ran under another load from then on, and its prompts' remaining windows ran "
+                                  "elsewhere, without their a = 0 twin")
+
+    async def _receive(self, ws, srv: Server) -> dict | None:
+        """The next JSON message of the server's websocket, None after a quiet second or a preview."""
+        import aiohttp
+
+        try:
+            msg = await ws.receive(timeout=1.0)
+        except asyncio.TimeoutError:
+            return None
+        if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING,
+                        aiohttp.WSMsgType.ERROR):
+            raise ConnectionError(f"websocket of {srv.url} closed")
+        return json.loads(msg.data) if msg.type == aiohttp.WSMsgType.TEXT else None
+
+    async def _warm_up(self, http, srv: Server, ws, flights: dict, first: pure.Job) -> None:
+        pid = await srv.queue(http, warm_up_graph(first, self.s))
+        flights[pid] = _Flight(None)
+        t0 = time.perf_counter()
+        while True:
+            msg = await self._receive(ws, srv)
+            data = (msg or {}).get("data") or {}
+            if data.get("prompt_id") != pid:
+                continue
+            if msg.get("type") == "execution_error":
+                raise SweepError(f"the warm-up graph failed on {srv.url}: {data.get('exception_message')}")
+            if msg.get("type") in ("execution_success", "execution_interrupted"):
+                break
+        del flights[pid]
+        LOG.info("sweep: %s warmed up in %.1fs (model loaded, both sampling paths run once)", srv.url,
+                 time.perf_counter() - t0)
 
     async def _message(self, http, srv: Server, flights: dict, msg: dict) -> None:
         data = msg.get("data") or {}
         flight = flights.get(data.get("prompt_id"))
-        if flight is None:
+        if flight is None or flight.job is None:
             return
         kind = msg.get("type")
         if kind == "executing" and data.get("node") is not None:
             flight.started.setdefault(str(data["node"]), time.perf_counter())
-        elif kind == "execution_error":
+        elif kind in ("execution_error", "execution_interrupted"):
             del flights[data["prompt_id"]]
             self.work.complete(flight.job, srv.url)
-            self.failed.append({"key": flight.job.key, "error": data.get("exception_message")})
-            LOG.error("sweep: %s failed on %s: %s", flight.job.key, srv.url, data.get("exception_message"))
+            error = data.get("exception_message") or "interrupted on the server"
+            self.failed.append({"key": flight.job.key, "error": error})
+            LOG.error("sweep: %s failed on %s: %s", flight.job.key, srv.url, error)
         elif kind == "execution_success":
             del flights[data["prompt_id"]]
             record = await self._collect(http, srv, flight, data["prompt_id"])
@@ -270,106 +286,7 @@ class Sweep:
         (self.images / name).write_bytes(await srv.image(http, outputs[SAVE_ID]["images"][0]))
         return {"key": job.key, "prompt_index": job.prompt.index, "prompt": job.prompt.text, "seed": job.prompt.seed,
                 "window": job.window.label, "a": job.window.a, "guidance_end": job.window.end,
-                "window_mode": job.window.mode, "seconds": seconds, "server": srv.url, "image": f"images/{name}",
+                "window_mode": job.window.mode, "seconds": seconds, "server": srv.url, "session": self.session,
+                "image": f"images/{name}",
                 **{k: report.get(k) for k in ("steps", "evaluations", "guided_evaluations", "skipped_passes",
                                               "saved_fraction", "stop_step")}}
-
-
-def aiohttp_closed_types():
-    import aiohttp
-
-    return (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.ERROR)
-
-
-# -- command line ---------------------------------------------------------------------------
-def parse_args(argv):
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="sweep.py", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--prompts", required=True, type=Path, help="prompt file: .txt (one per line), .csv or .jsonl "
-                                                                  "with 'prompt' and optional 'seed'")
-    ap.add_argument("--checkpoint", required=True, help="checkpoint name as the servers list it (embedded server: "
-                                                         "a file path, or a name in the runtime's models/checkpoints)")
-    ap.add_argument("--windows", nargs="+", default=["a=5", "a=10", "a=15", "a=20"],
-                    help="a=N (final N steps without text), end=F (guidance_end fraction), adaptive=T; a=0 is "
-                         "always added as the reference")
-    ap.add_argument("--sampler", default="dpmpp_2m")
-    ap.add_argument("--scheduler", default="karras")
-    ap.add_argument("--steps", type=int, default=25)
-    ap.add_argument("--cfg", type=float, default=7.5)
-    ap.add_argument("--width", type=int, default=512)
-    ap.add_argument("--height", type=int, default=512)
-    ap.add_argument("--tail", default="uncond", choices=["uncond", "cond"])
-    ap.add_argument("--negative", default="", help="negative prompt (the paper's tail uses the empty one)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of prompts whose file gives none")
-    ap.add_argument("--server", action="append", default=[], metavar="URL",
-                    help="a ComfyUI server with the pack (repeat for several GPUs); default: start one here")
-    ap.add_argument("--depth", type=int, default=2, help="jobs kept queued per server (default 2)")
-    ap.add_argument("--out", type=Path, default=Path("output/sweep"), help="results folder (resumes if it holds one)")
-    ap.add_argument("--clip-vision", help="CLIP vision .safetensors for Image-CLIPScore (ComfyUI's CLIPVisionLoader)")
-    ap.add_argument("--clip-hf", type=Path, help="local transformers CLIP folder for Text-CLIPScore")
-    ap.add_argument("--fid-weights", type=Path, help="Inception weights file for torchmetrics' FID")
-    ap.add_argument("--fid-reference", type=Path, help="folder of reference images for FID (default: the a=0 images)")
-    return ap.parse_args(argv)
-
-
-def _embedded_server(checkpoint: str, out: Path):
-    """A ComfyUI on a free 127.0.0.1 port with this pack and the checkpoint; returns (server, name)."""
-    from devtools import boot
-    from devtools import server as comfy_server
-
-    rt = boot.runtime()
-    ckpt = Path(checkpoint).expanduser()
-    if not ckpt.is_file():
-        ckpt = Path(rt.models) / "checkpoints" / checkpoint
-    if not ckpt.is_file():
-        raise SweepError(f"checkpoint {checkpoint!r} not found: pass its file path with --checkpoint, or --server "
-                         "with a running ComfyUI that has it")
-    base = comfy_server.prepare_base(out / "server", [ckpt])
-    return comfy_server.ComfyServer(rt.python, rt.comfyui, base).start(), ckpt.name
-
-
-def _harness(out: Path):
-    from devtools.harness import ComfyHarness
-
-    return ComfyHarness(out / "metrics-comfy").boot()
-
-
-def main(argv=None) -> int:
-    import sys
-
-    from devtools import sweep_metrics as metrics
-
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    embedded = None
-    try:
-        prompts = pure.read_prompt_file(args.prompts, args.seed)
-        windows = pure.parse_windows(args.windows, args.steps)
-        if args.fid_weights and not args.fid_weights.is_file():
-            raise SweepError(f"--fid-weights {args.fid_weights} does not exist; give the Inception weights file "
-                             "or leave the option out (FID is then not computed)")
-        text_clip = metrics.HFTextClip(args.clip_hf) if args.clip_hf else None
-        image_clip = metrics.GraphClipVision(_harness(args.out), args.clip_vision) if args.clip_vision else None
-        urls, name = args.server, args.checkpoint
-        if not urls:
-            embedded, name = _embedded_server(args.checkpoint, args.out)
-            urls = [embedded.url]
-        s = Settings(name, args.sampler, args.scheduler, args.steps, args.cfg, args.width, args.height, args.tail,
-                     args.negative)
-        sweep = Sweep(s, prompts, windows, urls, args.out, depth=args.depth)
-        records = sweep.run()
-    except (pure.SweepInputError, SweepError, FileNotFoundError) as exc:
-        LOG.error("sweep: %s", exc)
-        return 2
-    finally:
-        if embedded is not None:
-            embedded.stop()
-    rows = metrics.score(records, args.out, image_clip, text_clip)
-    fid = metrics.fid_per_window(rows, args.out, args.fid_weights, args.fid_reference) if args.fid_weights else {}
-    table = metrics.write_summary(rows, windows, args.out, fid)
-    sys.stdout.write(pure.table_markdown(table))
-    for f in sweep.failed:
-        LOG.error("sweep: %s failed: %s (rerun the same command to retry it)", f["key"], f["error"])
-    return 1 if sweep.failed else 0

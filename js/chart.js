@@ -4,6 +4,9 @@
 import { FIGURES } from "./common.js";
 
 export const PALETTE = FIGURES.palette;
+// One colour, marker and line style per token class in every chart (and in the token table).
+export const CLASSES = FIGURES.classes;
+const HOLLOW = new Set(["circle", "diamond"]);  // drawn larger and last, so a filled marker shows inside
 
 function niceTicks(lo, hi, count = 5) {
   if (!Number.isFinite(lo) || !Number.isFinite(hi)) return [0, 1];
@@ -33,9 +36,12 @@ const numbers = (values) => (Array.isArray(values) ? values : []).map((v) => (v 
 function resolveSeries(spec, payload, figureX) {
   if (spec.each) {
     return spec.each.flatMap((name) => {
-      const one = Object.fromEntries(Object.entries(spec).filter(([k]) => k !== "each")
+      const one = Object.fromEntries(Object.entries(spec).filter(([k]) => k !== "each" && k !== "style")
         .map(([k, v]) => [k, typeof v === "string" ? v.replaceAll("{}", name) : v]));
-      return at(payload, one.y) == null ? [] : resolveSeries(one, payload, figureX);
+      if (at(payload, one.y) == null) return [];
+      const made = resolveSeries(one, payload, figureX);
+      const look = spec.style === "classes" ? CLASSES[name] : null;
+      return look ? made.map((s) => ({ ...s, color: look.color, marker: look.marker, dashed: Boolean(look.dashed) })) : made;
     });
   }
   const dashed = Boolean(spec.dashed);
@@ -48,7 +54,7 @@ function resolveSeries(spec, payload, figureX) {
   return [{ label: spec.label, dashed, values, x: Array.isArray(x) ? x.slice(0, values.length).map(Number) : undefined }];
 }
 
-// The panels of figure `name` with the payload's values: [{title, xLabel, xRange, series}].
+// The panels of figure `name` with the payload's values: [{title, xLabel, yLabel, xRange, series}].
 export function figurePanels(name, payload) {
   const fig = FIGURES.figures[name];
   const figureX = fig.x ? at(payload, fig.x) : undefined;
@@ -56,6 +62,7 @@ export function figurePanels(name, payload) {
   return fig.panels.map((p) => ({
     title: p.title,
     xLabel: fig.x_label ?? "step",
+    yLabel: p.y_label ?? "",
     xRange: count === undefined ? undefined : [0, count - 1],
     series: p.series.flatMap((s) => resolveSeries(s, payload, figureX)),
   }));
@@ -63,11 +70,23 @@ export function figurePanels(name, payload) {
 
 const xsOf = (s) => s.x ?? s.values.map((_, i) => i);
 
-// panel = {title, xLabel, xRange, series: [{label, values, x, dashed}]}; box = [x, y, w, h] in canvas pixels
+function drawMarker(ctx, kind, mx, my) {
+  ctx.setLineDash([]);
+  ctx.beginPath();
+  if (kind === "circle") ctx.arc(mx, my, 5, 0, 2 * Math.PI);
+  else if (kind === "diamond") { ctx.moveTo(mx, my - 6); ctx.lineTo(mx + 6, my); ctx.lineTo(mx, my + 6); ctx.lineTo(mx - 6, my); ctx.closePath(); }
+  else if (kind === "square") ctx.rect(mx - 3, my - 3, 6, 6);
+  else if (kind === "triangle") { ctx.moveTo(mx, my - 4); ctx.lineTo(mx - 4, my + 3); ctx.lineTo(mx + 4, my + 3); ctx.closePath(); }
+  else return;
+  if (HOLLOW.has(kind)) ctx.stroke(); else ctx.fill();
+}
+
+// panel = {title, xLabel, yLabel, xRange, series: [{label, values, x, dashed, color, marker}]};
+// box = [x, y, w, h] in canvas pixels
 export function drawPanel(ctx, panel, box) {
   const [x, y, w, h] = box;
   const legendH = 13 * panel.series.length + 4;
-  const px0 = x + 44, py0 = y + 20, px1 = x + w - 8, py1 = y + h - 22 - legendH;
+  const px0 = x + 56, py0 = y + 20, px1 = x + w - 8, py1 = y + h - 22 - legendH;
   ctx.save();
   ctx.font = "11px sans-serif";
   ctx.fillStyle = "#ddd";
@@ -85,14 +104,22 @@ export function drawPanel(ctx, panel, box) {
   ctx.strokeRect(px0, py0, px1 - px0, py1 - py0);
   ctx.fillStyle = "#aaa";
   for (const t of yt) {
-    ctx.fillText(fmt(t), x + 2, Y(t) + 4);
+    ctx.fillText(fmt(t), px0 - 5 - ctx.measureText(fmt(t)).width, Y(t) + 4);
     ctx.beginPath(); ctx.moveTo(px0 - 3, Y(t)); ctx.lineTo(px0, Y(t)); ctx.stroke();
+  }
+  if (panel.yLabel) {
+    ctx.save();
+    ctx.translate(x + 10, (py0 + py1) / 2);
+    ctx.rotate(-Math.PI / 2);
+    ctx.fillText(String(panel.yLabel), -ctx.measureText(String(panel.yLabel)).width / 2, 0);
+    ctx.restore();
   }
   ctx.fillText(fmt(xlo), X(xlo) - 3, py1 + 12);
   if (xhi > xlo) ctx.fillText(fmt(xhi), X(xhi) - 8, py1 + 12);
   ctx.fillText(panel.xLabel ?? "step", (px0 + px1) / 2 - 20, py1 + 12);
+  const colorOf = (s, k) => s.color ?? PALETTE[k % PALETTE.length];
   panel.series.forEach((s, k) => {
-    const color = PALETTE[k % PALETTE.length];
+    const color = colorOf(s, k);
     const sx = xsOf(s);
     ctx.strokeStyle = color;
     ctx.fillStyle = color;
@@ -105,16 +132,28 @@ export function drawPanel(ctx, panel, box) {
       if (drawn++) ctx.lineTo(X(sx[i]), Y(v)); else ctx.moveTo(X(sx[i]), Y(v));
     });
     ctx.stroke();
-    if (drawn === 1) {
+    if (drawn === 1 && !s.marker) {
       const i = s.values.findIndex(Number.isFinite);
       ctx.fillRect(X(sx[i]) - 2, Y(s.values[i]) - 2, 4, 4);
     }
     const ly = py1 + 24 + 13 * k;
-    ctx.beginPath(); ctx.moveTo(px0, ly - 4); ctx.lineTo(px0 + 18, ly - 4); ctx.stroke();
+    ctx.beginPath(); ctx.moveTo(px0, ly - 4); ctx.lineTo(px0 + 22, ly - 4); ctx.stroke();
+    drawMarker(ctx, s.marker, px0 + 11, ly - 4);
     ctx.setLineDash([]);
     ctx.fillStyle = "#ddd";
-    ctx.fillText(String(s.label), px0 + 24, ly);
+    ctx.fillText(String(s.label), px0 + 28, ly);
   });
+  // markers over every line, the hollow ones last: a class whose line another covers stays visible
+  const order = panel.series.map((s, k) => [s, k]).sort(([a], [b]) => HOLLOW.has(a.marker) - HOLLOW.has(b.marker));
+  for (const [s, k] of order) {
+    if (!s.marker) continue;
+    const sx = xsOf(s);
+    ctx.strokeStyle = colorOf(s, k);
+    ctx.fillStyle = colorOf(s, k);
+    s.values.forEach((v, i) => {
+      if (Number.isFinite(v) && Number.isFinite(sx[i])) drawMarker(ctx, s.marker, X(sx[i]), Y(v));
+    });
+  }
   ctx.restore();
 }
 

@@ -3,11 +3,13 @@
 // The table scrolls inside a view of fixed height (77 rows per encoder would otherwise make the
 // node about 1,600 units tall). Prompts come from strangers: text is set with textContent only.
 import { app } from "../../scripts/app.js";
-import { UI_KEYS, addView, el, nodesOf, onExecuted, onNodeCreated } from "./common.js";
+import { FIGURES, UI_KEYS, addView, el, nodesOf, onExecuted, onNodeCreated } from "./common.js";
 
 const TABLE_NODES = nodesOf("tokens");
 const HEIGHT = 260;
-const ROLE_COLOURS = { "[SOS]": "#8a8a8a", SEM: "#7fb8ff", "[EOS]": "#ffb36b" };
+// a role is coloured as its token class in every chart (figures.json "classes")
+const ROLE_CLASS = { "[SOS]": "SOS", SEM: "SEM", "[EOS]": "EOS", pad: "PAD" };
+const roleColour = (role) => FIGURES.classes[ROLE_CLASS[role.split(" ")[0]]]?.color ?? "#bbb";
 const SOURCE_COLOURS = { A: "#cfe3ff", B: "#ffd9b3", zeros: "#999", noise: "#c9a0ff" };
 
 function ensureView(node) {
@@ -38,7 +40,7 @@ function encoderTable(encoder) {
     tr.append(
       el("td", "padding:0 6px 0 0;color:#777", pos),
       el("td", "padding:0 6px 0 0;white-space:pre", token),
-      el("td", `padding:0 6px 0 0;color:${ROLE_COLOURS[role.split(" ")[0]] ?? "#bbb"}`, role),
+      el("td", `padding:0 6px 0 0;color:${roleColour(role)}`, role),
       el("td", `padding:0;color:${SOURCE_COLOURS[source.split(" ")[0]] ?? "#bbb"}`, source),
     );
     table.append(tr);

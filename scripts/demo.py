@@ -19,11 +19,7 @@ import _bootstrap  # noqa: F401
 from devtools.entry import in_runtime
 
 if __name__ == "__main__":
-    if any(a in ("-h", "--help") for a in sys.argv[1:]):
-        from devtools.demo import parse_args
+    from devtools.demo import main, parse_args
 
-        parse_args(sys.argv[1:])
-    rt = in_runtime(__file__)
-    from devtools.demo import main
-
-    sys.exit(main(rt))
+    parse_args(sys.argv[1:])  # before the runtime: --help and wrong arguments answer at once
+    sys.exit(main(in_runtime(__file__)))

@@ -1,21 +1,25 @@
 #!/usr/bin/env python3
 """Table 2 for your own model: sweep truncated-guidance windows over a prompt set on ComfyUI servers.
 
-    python3 scripts/sweep.py --prompts prompts.txt --checkpoint v1-5-pruned-emaonly.safetensors \\
-        --windows a=5 a=10 a=15 a=20 --server http://127.0.0.1:8188 --server http://127.0.0.1:8189
+    python3 scripts/sweep.py --prompts prompts.txt --checkpoint /path/to/v1-5-pruned-emaonly.safetensors \\
+        --windows a=20% a=40% a=60% --start-servers 2
 
-Without --server it starts one ComfyUI here (the runtime of devtools/runtime.py, built on first
-use). The work is in devtools/sweep.py; run with --help for every option.
+--help (and any argument error) answers at once, before anything is built; then the sweep runs
+inside the runtime of devtools/runtime.py (built on first use). The command line is in
+devtools/sweep_cli.py, the work in devtools/sweep.py.
 """
 
 import sys
 
 import _bootstrap  # noqa: F401
 
-from devtools.entry import in_runtime
+from devtools.sweep_cli import parse_args
 
 if __name__ == "__main__":
+    parse_args(sys.argv[1:])  # standard library only: no runtime, no torch
+    from devtools.entry import in_runtime
+
     in_runtime(__file__)
-    from devtools.sweep import main
+    from devtools.sweep_cli import main
 
     sys.exit(main())

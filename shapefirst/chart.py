@@ -3,7 +3,10 @@
 Every chart of the pack is described once in ``js/figures.json``, which the browser's
 ``js/chart.js`` reads too: ``figure_panels`` turns a description and a node's payload into
 panels, ``render_figure`` draws them. ``render_panels`` draws panels side by side, each with its
-own y axis, and returns an (H, W, 3) float32 array in [0, 1], ready to become a ComfyUI IMAGE.
+own labelled y axis, and returns an (H, W, 3) float32 array in [0, 1], ready to become a ComfyUI IMAGE.
+Token classes (SOS, SEM, EOS, PAD) have one colour, marker and line style in every chart
+(``CLASS_STYLES``, from the same file); markers at the data points keep a line visible where another
+class's line covers it.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
+
+from . import text
 
 FIGURES_PATH = Path(__file__).resolve().parent.parent / "js" / "figures.json"
 
@@ -32,6 +37,8 @@ def _rgb(hex_colour: str) -> tuple[int, int, int]:
 
 
 PALETTE = [_rgb(c) for c in figures()["palette"]]
+CLASS_STYLES = {name: {**style, "color": _rgb(style["color"])} for name, style in figures()["classes"].items()}
+MARKERS = ("circle", "square", "triangle", "diamond")
 
 
 @dataclass
@@ -41,6 +48,7 @@ class Series:
     dashed: bool = False
     color: tuple[int, int, int] | None = None
     x: list[float] | None = None  # step of each value (default 0, 1, 2 ...)
+    marker: str | None = None  # one of MARKERS, drawn at every value
 
 
 @dataclass
@@ -48,7 +56,7 @@ class Panel:
     title: str
     series: list[Series] = field(default_factory=list)
     x_label: str = "step"
-    y_label: str = ""
+    y_label: str = ""  # the y axis' name, drawn along it
     x_range: tuple[float, float] | None = None  # default: the steps of the series
 
 
@@ -105,12 +113,39 @@ def _dashed_line(draw: ImageDraw.ImageDraw, pts, color, width=2, dash=6):
                       fill=color, width=width)
 
 
-def _draw_panel(draw: ImageDraw.ImageDraw, font, panel: Panel, box: tuple[int, int, int, int]):
+HOLLOW = ("circle", "diamond")  # drawn larger and after the filled ones, so a filled marker shows inside
+
+
+def _marker(draw: ImageDraw.ImageDraw, kind: str | None, x: float, y: float, color):
+    if kind == "circle":
+        draw.ellipse([x - 6, y - 6, x + 6, y + 6], outline=color, width=2)
+    elif kind == "diamond":
+        draw.polygon([(x, y - 7), (x + 7, y), (x, y + 7), (x - 7, y)], outline=color, width=2)
+    elif kind == "square":
+        draw.rectangle([x - 3, y - 3, x + 3, y + 3], fill=color)
+    elif kind == "triangle":
+        draw.polygon([(x, y - 4), (x - 4, y + 3), (x + 4, y + 3)], fill=color)
+
+
+def _y_label(image: Image.Image, label: str, x: int, y_mid: float):
+    """``label`` written bottom to top, centred on ``y_mid``, its left edge at ``x``."""
+    if not label:
+        return
+    font = text.font()
+    label = text.drawable(label)
+    w = int(font.getlength(label)) + 4
+    strip = Image.new("RGB", (w, text.LINE), (255, 255, 255))
+    ImageDraw.Draw(strip).text((2, 1), label, fill=(0, 0, 0), font=font)
+    strip = strip.rotate(90, expand=True)
+    image.paste(strip, (x, int(y_mid - w / 2)))
+
+
+def _draw_panel(image: Image.Image, draw: ImageDraw.ImageDraw, font, panel: Panel, box: tuple[int, int, int, int]):
     left, top, right, bottom = box
-    legend_h = 14 * len(panel.series) + 6
-    plot = (left + 58, top + 24, right - 12, bottom - 40 - legend_h)
+    legend_h = text.LINE * len(panel.series) + 6
+    plot = (left + 72, top + 26, right - 12, bottom - 44 - legend_h)
     px0, py0, px1, py1 = plot
-    draw.text((left + 8, top + 4), panel.title, fill=(0, 0, 0), font=font)
+    draw.text((left + 8, top + 5), text.drawable(panel.title), fill=(0, 0, 0), font=font)
     values = [v for s in panel.series for v in s.values if _finite(v)]
     xs = [x for s in panel.series for x in _xs(s)]
     x_lo, x_hi = (min(xs), max(xs)) if xs else (0.0, 1.0)
@@ -131,29 +166,41 @@ def _draw_panel(draw: ImageDraw.ImageDraw, font, panel: Panel, box: tuple[int, i
         _, y = xy(0, t)
         draw.line([(px0 - 4, y), (px0, y)], fill=(90, 90, 90))
         draw.line([(px0 + 1, y), (px1 - 1, y)], fill=(235, 235, 235))
-        draw.text((left + 4, y - 6), _fmt(t), fill=(60, 60, 60), font=font)
+        tick = _fmt(t)
+        draw.text((px0 - 6 - font.getlength(tick), y - 7), tick, fill=(60, 60, 60), font=font)
+    _y_label(image, panel.y_label, left + 4, (py0 + py1) / 2)
     for t in _x_ticks(x_lo, x_hi):
         x, _ = xy(t, ylo)
         draw.line([(x, py1), (x, py1 + 4)], fill=(90, 90, 90))
-        draw.text((x - 6, py1 + 6), _fmt(t), fill=(60, 60, 60), font=font)
-    draw.text(((px0 + px1) // 2 - 12, py1 + 20), panel.x_label, fill=(0, 0, 0), font=font)
+        tick = _fmt(t)
+        draw.text((x - font.getlength(tick) / 2, py1 + 6), tick, fill=(60, 60, 60), font=font)
+    x_label = text.drawable(panel.x_label)
+    draw.text(((px0 + px1) / 2 - font.getlength(x_label) / 2, py1 + 21), x_label, fill=(0, 0, 0), font=font)
+    drawn = []
     for k, s in enumerate(panel.series):
         color = s.color or PALETTE[k % len(PALETTE)]
         pts = [xy(x, v) for x, v in zip(_xs(s), s.values) if _finite(v)]
+        drawn.append((s, color, pts))
         if len(pts) >= 2:
             if s.dashed:
                 _dashed_line(draw, pts, color)
             else:
                 draw.line(pts, fill=color, width=2)
-        elif pts:
+        elif pts and s.marker is None:
             x, y = pts[0]
             draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=color)
-        ly = py1 + 38 + 14 * k
+    for s, color, pts in sorted(drawn, key=lambda d: d[0].marker in HOLLOW):  # markers over every line
+        for x, y in pts:
+            _marker(draw, s.marker, x, y, color)
+    for k, s in enumerate(panel.series):
+        color = drawn[k][1]
+        ly = py1 + 42 + text.LINE * k
         if s.dashed:
-            _dashed_line(draw, [(px0, ly + 6), (px0 + 22, ly + 6)], color, dash=4)
+            _dashed_line(draw, [(px0, ly + 7), (px0 + 26, ly + 7)], color, dash=4)
         else:
-            draw.line([(px0, ly + 6), (px0 + 22, ly + 6)], fill=color, width=2)
-        draw.text((px0 + 28, ly), s.label, fill=(0, 0, 0), font=font)
+            draw.line([(px0, ly + 7), (px0 + 26, ly + 7)], fill=color, width=2)
+        _marker(draw, s.marker, px0 + 13, ly + 7, color)
+        draw.text((px0 + 32, ly), text.drawable(s.label), fill=(0, 0, 0), font=font)
 
 
 def render_panels(panels: list[Panel], panel_width: int = 420, height: int = 360) -> np.ndarray:
@@ -163,9 +210,9 @@ def render_panels(panels: list[Panel], panel_width: int = 420, height: int = 360
     width = panel_width * len(panels)
     img = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
+    font = text.font()
     for k, panel in enumerate(panels):
-        _draw_panel(draw, font, panel, (k * panel_width, 0, (k + 1) * panel_width, height))
+        _draw_panel(img, draw, font, panel, (k * panel_width, 0, (k + 1) * panel_width, height))
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
@@ -187,9 +234,15 @@ def _series(spec: dict, payload: dict, figure_x) -> list[Series]:
     if "each" in spec:
         out = []
         for name in spec["each"]:
-            one = {k: (v.replace("{}", name) if isinstance(v, str) else v) for k, v in spec.items() if k != "each"}
+            one = {k: (v.replace("{}", name) if isinstance(v, str) else v) for k, v in spec.items()
+                   if k not in ("each", "style")}
             if _path(payload, one["y"]) is not None:
-                out += _series(one, payload, figure_x)
+                made = _series(one, payload, figure_x)
+                if spec.get("style") == "classes":
+                    look = CLASS_STYLES[name]
+                    for s in made:
+                        s.color, s.marker, s.dashed = look["color"], look["marker"], bool(look["dashed"])
+                out += made
         return out
     dashed = bool(spec.get("dashed", False))
     if "points" in spec:
@@ -210,7 +263,8 @@ def figure_panels(name: str, payload: dict) -> list[Panel]:
         count = _path(payload, fig["x_count"])
         x_range = (0.0, float(max(1, int(count or 1) - 1)))
     return [Panel(p["title"], [s for spec in p["series"] for s in _series(spec, payload, figure_x)],
-                  x_label=fig.get("x_label", "step"), x_range=x_range) for p in fig["panels"]]
+                  x_label=fig.get("x_label", "step"), y_label=p.get("y_label", ""), x_range=x_range)
+            for p in fig["panels"]]
 
 
 def render_figure(name: str, payload: dict, panel_width: int = 420, height: int = 360) -> np.ndarray:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
+from . import text
 from .metrics import normalize01
 
 # A perceptual "inferno"-like ramp: black -> purple -> orange -> yellow.
@@ -46,15 +47,21 @@ def overlay(image: torch.Tensor, maps: torch.Tensor, alpha: float = 0.6) -> torc
     return (1 - alpha) * image.to(torch.float32) + alpha * heat
 
 
-def _font():
-    return ImageFont.load_default()
+def _fit(label: str, font, width: int) -> str:
+    """``label`` cut to ``width`` pixels (with an ellipsis when cut)."""
+    if font.getlength(label) <= width:
+        return label
+    while label and font.getlength(label + "...") > width:
+        label = label[:-1]
+    return label + "..."
 
 
 def token_step_grid(image: torch.Tensor, maps: torch.Tensor, row_labels: list[str], col_labels: list[str],
                     cell: int = 128, alpha: float = 0.6) -> torch.Tensor:
     """A labelled grid (1, H', W', 3): rows = tokens, columns = steps, each cell a heatmap over the image.
 
-    ``image``: (H, W, 3) in [0, 1]; ``maps``: (rows, cols, h, w)."""
+    ``image``: (H, W, 3) in [0, 1]; ``maps``: (rows, cols, h, w). Labels are drawn with ``text.drawable``
+    (a T5 piece "\u2581" as "_", never as an empty box)."""
     rows, cols = maps.shape[:2]
     if len(row_labels) != rows or len(col_labels) != cols:
         raise ValueError("one label per row and per column is needed")
@@ -67,13 +74,13 @@ def token_step_grid(image: torch.Tensor, maps: torch.Tensor, row_labels: list[st
     width = LABEL_W + cols * (cw + GAP)
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    font = _font()
+    font = text.font()
     arr = (cells.clamp(0, 1).numpy() * 255).round().astype(np.uint8)
     for c, label in enumerate(col_labels):
-        draw.text((LABEL_W + c * (cw + GAP) + 2, 3), str(label)[:24], fill=(0, 0, 0), font=font)
+        draw.text((LABEL_W + c * (cw + GAP) + 2, 2), text.drawable(str(label)[:24]), fill=(0, 0, 0), font=font)
     for r, label in enumerate(row_labels):
         y = HEADER_H + r * (ch + GAP)
-        draw.text((3, y + ch // 2 - 6), str(label)[:20], fill=(0, 0, 0), font=font)
+        draw.text((3, y + ch // 2 - 7), _fit(text.drawable(str(label)), font, LABEL_W - 6), fill=(0, 0, 0), font=font)
         for c in range(cols):
             canvas.paste(Image.fromarray(arr[r, c]), (LABEL_W + c * (cw + GAP), y))
     return torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255.0)[None]

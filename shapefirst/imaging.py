@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
+
+from . import text
 
 LABEL_HEIGHT = 16
 GAP = 4
@@ -39,13 +41,13 @@ def side_by_side(panels: list[torch.Tensor], labels: list[str]) -> torch.Tensor:
     out = torch.ones((b, h + LABEL_HEIGHT, w, 3), dtype=torch.float32)
     label_row = Image.new("RGB", (w, LABEL_HEIGHT), (255, 255, 255))
     draw = ImageDraw.Draw(label_row)
-    font = ImageFont.load_default()
+    font = text.font()
     x = 0
     for p, label in zip(panels, labels):
         if p.shape[0] != b or p.shape[-1] != 3:
             raise ValueError(f"panels must share the batch size and have 3 channels, got {tuple(p.shape)}")
         out[:, : p.shape[1], x : x + p.shape[2]] = p.to(torch.float32).cpu().clamp(0, 1)
-        draw.text((x + 2, 2), label, fill=(0, 0, 0), font=font)
+        draw.text((x + 2, 1), text.drawable(label), fill=(0, 0, 0), font=font)
         x += p.shape[2] + GAP
     row = torch.from_numpy(np.asarray(label_row, dtype=np.float32) / 255.0)
     out[:, h:] = row

@@ -1,8 +1,9 @@
 """The pure parts of a truncation sweep (the paper's Table 2 for any model and prompt set).
 
 Prompt files, window specs, the job list, the shared work queue that spreads jobs over
-several servers, resuming from a results file, and the per-window aggregation. Nothing here
-talks to ComfyUI; the HTTP side lives in devtools/sweep.py.
+several servers (every window of a prompt on one server, so each image is timed against its
+a = 0 twin there) and resuming from a results file. The table and its chart are in
+sweep_table.py. Nothing here talks to ComfyUI; the HTTP side lives in devtools/sweep.py.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 REFERENCE = "a=0"  # plain CFG everywhere: the image every other window is compared with
@@ -33,11 +35,25 @@ class PromptItem:
 
 @dataclass(frozen=True)
 class Window:
-    label: str  # "a=10", "end=0.6", "adaptive=0.1"
+    label: str  # "a=10", "a=40%", "end=0.6", "adaptive=0.1"
     end: float  # guidance_end fraction (1.0 = plain CFG)
     mode: str = "fixed"
     threshold: float = 0.1
     a: int | None = None  # final steps without text (fixed windows only)
+    steps: int | None = None  # the sweep's steps (what a counts against)
+
+    @property
+    def effective(self) -> tuple:
+        """What the sampler runs: two labels with the same effective window make the same images."""
+        return (self.mode, self.a, self.threshold) if self.mode == "fixed" else (self.mode, self.threshold)
+
+    def describe(self) -> str:
+        """One line for the log: what the window means in steps."""
+        if self.mode == "adaptive":
+            return f"{self.label}: guidance until the relative guidance strength falls below {self.threshold:g}"
+        if self.a == 0:
+            return f"{self.label}: plain CFG on all {self.steps} steps (the reference)"
+        return f"{self.label}: the last {self.a} of {self.steps} steps without the text pass"
 
 
 @dataclass(frozen=True)
@@ -103,46 +119,70 @@ def read_prompt_file(path, default_seed: int = 0) -> list[PromptItem]:
     return parse_prompts(path.read_text(encoding="utf-8"), kind, default_seed)
 
 
+def percent_of_steps(percent: Fraction, steps: int) -> int:
+    """``percent`` % of ``steps``, rounded to the nearest whole step, halves up (30% of 25 = 7.5 -> 8)."""
+    return math.floor(percent * steps / 100 + Fraction(1, 2))
+
+
+def _percent_window(spec: str, value: str, steps: int) -> Window:
+    try:
+        pct = Fraction(value.strip()[:-1].strip())
+    except (ValueError, ZeroDivisionError):
+        pct = None
+    if pct is None or not 0 <= pct <= 100:
+        raise SweepInputError(f"window {spec!r}: a percentage of the steps from 0% to 100% (a=40% = the last "
+                              "40% of the steps without the text pass)")
+    a = percent_of_steps(pct, steps)
+    if a == 0 and pct > 0:
+        least = Fraction(50, steps)
+        raise SweepInputError(f"window {spec!r}: {float(pct):g}% of {steps} steps rounds to 0 steps, which is the "
+                              f"a=0 reference; give at least {float(least):g}% (or a=1)")
+    return Window(f"a={float(pct):g}%", (steps - a) / steps, a=a, steps=steps)
+
+
 def parse_window(spec: str, steps: int) -> Window:
-    """'10' or 'a=10': the last 10 steps without text; 'end=0.6': guidance_end = 0.6;
-    'adaptive=0.1': the adaptive window with that threshold."""
+    """'10' or 'a=10': the last 10 steps without text; 'a=40%': the last 40% of the steps
+    (``percent_of_steps``: to the nearest step, halves up); 'end=0.6': guidance_end = 0.6, the
+    sampler's round(0.6 * steps) guided steps; 'adaptive=0.1': the adaptive window with that threshold."""
     spec = str(spec).strip()
     name, _, value = spec.partition("=") if "=" in spec else ("a", "", spec)
     name = name.strip().lower()
+    if name == "a" and value.strip().endswith("%"):
+        return _percent_window(spec, value, steps)
     try:
         v = float(value)
     except ValueError:
-        raise SweepInputError(f"window {spec!r} is not understood: write a=10 (final steps without text), "
-                              "end=0.6 (guidance_end fraction) or adaptive=0.1 (threshold)") from None
+        raise SweepInputError(f"window {spec!r} is not understood: write a=10 (final steps without text), a=40% "
+                              "(the final 40% of the steps), end=0.6 (guidance_end fraction) or adaptive=0.1 "
+                              "(threshold)") from None
     if name == "a":
         if not v.is_integer() or not 0 <= v <= steps:
             raise SweepInputError(f"window {spec!r}: a counts the final steps without text, a whole number "
                                   f"from 0 to steps ({steps}); use end=FRACTION for a fraction")
         a = int(v)
-        return Window(f"a={a}", (steps - a) / steps, a=a)
+        return Window(f"a={a}", (steps - a) / steps, a=a, steps=steps)
     if name == "end":
         if not (math.isfinite(v) and 0.0 <= v <= 1.0):
             raise SweepInputError(f"window {spec!r}: guidance_end must be a fraction in [0, 1] (1 = plain CFG, "
                                   "0.4 = the paper's default)")
-        a = steps - int(round(v * steps))
-        return Window(f"end={v:g}", v, a=a)
+        a = steps - int(round(v * steps))  # the sampler's own rounding (guidance.window_steps)
+        return Window(f"end={v:g}", v, a=a, steps=steps)
     if name == "adaptive":
         if not (math.isfinite(v) and v > 0):
             raise SweepInputError(f"window {spec!r}: the adaptive threshold must be > 0 (try adaptive=0.1)")
-        return Window(f"adaptive={v:g}", 1.0, mode="adaptive", threshold=v)
+        return Window(f"adaptive={v:g}", 1.0, mode="adaptive", threshold=v, steps=steps)
     raise SweepInputError(f"window {spec!r}: unknown kind {name!r}; use a=, end= or adaptive=")
 
 
 def parse_windows(specs: list[str], steps: int) -> list[Window]:
-    """The windows in order, the reference a = 0 first (added when missing), duplicates dropped."""
+    """The windows in order, the reference a = 0 first (added when missing). A window the sampler
+    would run like an earlier one (a=10 and a=40% of 25 steps) is dropped: the first label stays."""
     if steps < 1:
         raise SweepInputError(f"steps must be at least 1 (got {steps})")
-    out = [Window(REFERENCE, 1.0, a=0)]
+    out = [Window(REFERENCE, 1.0, a=0, steps=steps)]
     for spec in specs:
         w = parse_window(spec, steps)
-        if w.mode == "fixed" and w.a == 0:
-            continue
-        if all(w.label != o.label for o in out):
+        if all(w.effective != o.effective for o in out):
             out.append(w)
     return out
 
@@ -154,21 +194,30 @@ def build_jobs(prompts: list[PromptItem], windows: list[Window]) -> list[Job]:
 
 # -- distribution ---------------------------------------------------------------------------
 class WorkQueue:
-    """Jobs shared by several servers. A job is pending, in flight on one server, or done;
-    ``drop(server)`` puts a lost server's unfinished jobs back in front. Thread-safe."""
+    """Jobs shared by several servers. A job is pending, in flight on one server, or done.
+    Every window of a prompt runs on the server that took the prompt's first job, so each image
+    is timed on the same server as its a = 0 twin, close to it in time; a server with no prompt
+    of its own left takes the next unclaimed prompt, or waits. ``drop(server)`` puts a lost
+    server's unfinished jobs back in front and frees its prompts for the others. Thread-safe."""
 
     def __init__(self, jobs: list[Job], done: set[str] = frozenset()):
         self._lock = threading.Lock()
         self.pending = deque(j for j in jobs if j.key not in done)
         self.in_flight: dict[str, tuple[Job, str]] = {}
         self.done: set[str] = {j.key for j in jobs if j.key in done}
+        self.owner: dict[int, str] = {}  # prompt index -> the server its windows run on
         self.requeued = 0
 
     def take(self, server: str) -> Job | None:
+        """The next job for ``server``: its own prompts first, then an unclaimed prompt's; None
+        when every pending job belongs to another server's prompts."""
         with self._lock:
-            if not self.pending:
+            mine = next((j for j in self.pending if self.owner.get(j.prompt.index) == server), None)
+            job = mine or next((j for j in self.pending if j.prompt.index not in self.owner), None)
+            if job is None:
                 return None
-            job = self.pending.popleft()
+            self.pending.remove(job)
+            self.owner[job.prompt.index] = server
             self.in_flight[job.key] = (job, server)
             return job
 
@@ -191,14 +240,19 @@ class WorkQueue:
                 self.requeued += 1
 
     def drop(self, server: str) -> list[Job]:
-        """Return a lost server's unfinished jobs to the front of the queue."""
+        """Return a lost server's unfinished jobs to the front of the queue; its prompts are free."""
         with self._lock:
             lost = [job for job, s in self.in_flight.values() if s == server]
             for job in lost:
                 del self.in_flight[job.key]
             self.pending.extendleft(reversed(lost))
+            self.owner = {p: s for p, s in self.owner.items() if s != server}
             self.requeued += len(lost)
             return lost
+
+    def in_flight_on(self, server: str) -> list[Job]:
+        with self._lock:
+            return [job for job, s in self.in_flight.values() if s == server]
 
     @property
     def finished(self) -> bool:
@@ -263,129 +317,3 @@ def drop_torn_tail(path) -> None:
 
 def record_line(obj: dict) -> str:
     return json.dumps(obj, sort_keys=True) + "\n"
-
-
-# -- metrics and the table ------------------------------------------------------------------
-def l1(a, b) -> float:
-    """Mean absolute difference of two images with values in [0, 1] (arrays of one shape)."""
-    import numpy as np
-
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"images of different shapes: {a.shape} vs {b.shape}")
-    return float(np.abs(a - b).mean())
-
-
-def cosine(u, v) -> float:
-    import numpy as np
-
-    u, v = np.asarray(u, dtype=np.float64).ravel(), np.asarray(v, dtype=np.float64).ravel()
-    nu, nv = np.linalg.norm(u), np.linalg.norm(v)
-    if nu == 0 or nv == 0:
-        raise ValueError("cosine of a zero vector is undefined")
-    return float(u @ v / (nu * nv))
-
-
-COLUMNS = [  # (key, header, format); the paper's Table 2 plus the node's own accounting
-    ("window", "window", "{}"), ("a", "a", "{}"), ("images", "images", "{}"),
-    ("image_clip", "Image-CLIPScore", "{:.3f}"), ("l1", "L1", "{:.3f}"),
-    ("saved_latency", "saved latency", "{:.1%}"), ("fid", "FID", "{:.3f}"),
-    ("text_clip", "Text-CLIPScore", "{:.3f}"), ("unet_saved", "UNet work saved", "{:.1%}"),
-    ("skipped_passes", "skipped passes/image", "{:.1f}"), ("seconds", "s/image", "{:.3f}"),
-]
-
-
-def aggregate(rows: list[dict], windows: list[Window], fid: dict | None = None) -> list[dict]:
-    """One row per window: means over its images. Saved latency = 1 - (time of this window's
-    images) / (time of the same prompts' a = 0 images). Metrics nobody computed stay absent."""
-    ref_time = {r["prompt_index"]: r["seconds"] for r in rows if r["window"] == REFERENCE}
-    out = []
-    for w in windows:
-        mine = [r for r in rows if r["window"] == w.label]
-        if not mine:
-            continue
-        row = {"window": w.label, "a": w.a if w.a is not None else "-", "images": len(mine)}
-        paired = [r for r in mine if r["prompt_index"] in ref_time]
-        if paired:
-            row["saved_latency"] = 1 - sum(r["seconds"] for r in paired) / sum(ref_time[r["prompt_index"]]
-                                                                              for r in paired)
-        for key, src in (("image_clip", "image_clip"), ("l1", "l1"), ("text_clip", "text_clip"),
-                         ("unet_saved", "saved_fraction"), ("skipped_passes", "skipped_passes"),
-                         ("seconds", "seconds")):
-            vals = [r[src] for r in mine if r.get(src) is not None]
-            if vals and len(vals) == len(mine):
-                row[key] = sum(vals) / len(vals)
-        if fid and w.label in fid:
-            row["fid"] = fid[w.label]
-        out.append(row)
-    return out
-
-
-def present_columns(table: list[dict]) -> list[tuple[str, str, str]]:
-    return [c for c in COLUMNS if any(c[0] in r for r in table)]
-
-
-def table_markdown(table: list[dict]) -> str:
-    cols = present_columns(table)
-    lines = ["| " + " | ".join(h for _, h, _ in cols) + " |", "|" + "---|" * len(cols)]
-    for r in table:
-        lines.append("| " + " | ".join(f.format(r[k]) if k in r else "" for k, _, f in cols) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def table_csv(table: list[dict]) -> str:
-    cols = present_columns(table)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow([k for k, _, _ in cols])
-    for r in table:
-        w.writerow([r.get(k, "") for k, _, _ in cols])
-    return buf.getvalue()
-
-
-QUALITY = [("l1", "L1 to a=0 (lower is closer)"), ("image_clip", "Image-CLIPScore to a=0"),
-           ("text_clip", "Text-CLIPScore"), ("fid", "FID")]
-
-
-def render_tradeoff(table: list[dict], panel_width: int = 360, height: int = 320):
-    """Saved latency (x) against each quality metric present (one panel each, one point per
-    window, labelled); returns a PIL image."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    from .chart import PALETTE, _fmt, nice_ticks
-
-    panels = [(k, t) for k, t in QUALITY if any(k in r for r in table)]
-    if not panels:
-        raise ValueError("no quality metric to plot")
-    img = Image.new("RGB", (panel_width * len(panels), height), (255, 255, 255))
-    draw, font = ImageDraw.Draw(img), ImageFont.load_default()
-    for n, (key, title) in enumerate(panels):
-        pts = [(r["saved_latency"] * 100, r[key], r["window"]) for r in table if key in r and "saved_latency" in r]
-        x0, y0, x1, y1 = n * panel_width + 56, 26, (n + 1) * panel_width - 14, height - 40
-        draw.text((n * panel_width + 8, 6), title, fill=(0, 0, 0), font=font)
-        draw.rectangle((x0, y0, x1, y1), outline=(90, 90, 90))
-        xs, ys = [p[0] for p in pts] or [0.0], [p[1] for p in pts] or [0.0]
-        xt, yt = nice_ticks(min(0.0, min(xs)), max(xs)), nice_ticks(min(ys), max(ys))
-
-        def xy(x, y):
-            fx = (x - xt[0]) / ((xt[-1] - xt[0]) or 1)
-            fy = (y - yt[0]) / ((yt[-1] - yt[0]) or 1)
-            return x0 + fx * (x1 - x0), y1 - fy * (y1 - y0)
-
-        for t in yt:
-            _, y = xy(xt[0], t)
-            draw.line([(x0 + 1, y), (x1 - 1, y)], fill=(235, 235, 235))
-            draw.text((n * panel_width + 4, y - 6), _fmt(t), fill=(60, 60, 60), font=font)
-        for t in xt:
-            x, _ = xy(t, yt[0])
-            draw.text((x - 8, y1 + 4), _fmt(t), fill=(60, 60, 60), font=font)
-        draw.text(((x0 + x1) // 2 - 40, y1 + 20), "saved latency %", fill=(0, 0, 0), font=font)
-        line = [xy(x, y) for x, y, _ in sorted(pts)]
-        if len(line) > 1:
-            draw.line(line, fill=(200, 200, 200), width=1)
-        for k, (x, y, label) in enumerate(pts):
-            px, py = xy(x, y)
-            color = PALETTE[k % len(PALETTE)]
-            draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill=color)
-            draw.text((px + 6, py - 12), label, fill=color, font=font)
-    return img

@@ -2,16 +2,24 @@
 
 The ComfyUI is the runtime of devtools/runtime.py: the default 0.3.75 one, $COMFYUI_PATH, or the
 one built for the ComfyUI source in $SHAPEFIRST_COMFYUI_SRC (``bash scripts/test.sh --comfyui-src DIR``).
-Test checkpoints are seeded random-weight models of the real SD architectures, built once
-and cached under the runtime's models folder (.runtime/models/checkpoints).
+Test checkpoints are seeded random-weight models of the real SD architectures, built once per
+ComfyUI host and cached in that host's models folder (.runtime/models/comfyui-<version>/checkpoints;
+$SHAPEFIRST_MODELS_DIR replaces .runtime/models).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
+
+# One torch thread in every test process and in the servers and scripts they start (set before anything
+# imports torch): the tiny test models' operations are too small to share out, and a waiting OpenMP
+# thread spins. Measured on the 2-core machine under load: one test took 141 s of CPU time with two
+# threads and 27-31 s with one. Set OMP_NUM_THREADS yourself to choose otherwise.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # The one place the tests make the repository importable (`devtools`, `shapefirst`). Appended,
 # never prepended: ComfyUI's own top-level `nodes` module must win over this repository's `nodes/`.

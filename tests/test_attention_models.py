@@ -98,18 +98,14 @@ def test_pixart_cross_attention_is_captured_through_an_object_patch(comfy):
 
 
 def _tiny_flux():
-    import dataclasses
-
-    import comfy.ldm.flux.model as flux_model
     import comfy.model_patcher as mp
     import comfy.supported_models as sm
+    from devtools.hosts import host_unet
 
     unet = {"image_model": "flux", "guidance_embed": False, "in_channels": 16, "out_channels": 16, "vec_in_dim": 32,
             "context_in_dim": 32, "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 4, "depth": 1,
             "depth_single_blocks": 1, "axes_dim": [4, 6, 6], "theta": 10000, "patch_size": 2, "qkv_bias": True}
-    if "txt_ids_dims" in {f.name for f in dataclasses.fields(flux_model.FluxParams)}:
-        unet["txt_ids_dims"] = []  # newer ComfyUI: which text-id axes carry positions (none for Flux.1)
-    config = sm.Flux(unet)
+    config = sm.Flux(host_unet(unet))  # newer ComfyUI's FluxParams also require txt_ids_dims
     config.set_inference_dtype(torch.float32, None)
     model = config.get_model({})
     g = torch.Generator().manual_seed(0)

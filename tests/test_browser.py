@@ -167,15 +167,17 @@ def test_js_and_python_draw_the_same_figures(page):
           const m = await import(`/extensions/${pack}/chart.js`);
           const out = {};
           for (const [name, payload] of Object.entries(payloads)) {
-            out[name] = m.figurePanels(name, payload).map(p => ({title: p.title, xRange: p.xRange ?? null,
-              series: p.series.map(s => ({label: s.label, dashed: s.dashed, x: s.x ?? null,
-                values: s.values.map(v => Number.isFinite(v) ? v : null)}))}));
+            out[name] = m.figurePanels(name, payload).map(p => ({title: p.title, yLabel: p.yLabel,
+              xRange: p.xRange ?? null,
+              series: p.series.map(s => ({label: s.label, dashed: s.dashed, x: s.x ?? null, color: s.color ?? null,
+                marker: s.marker ?? null, values: s.values.map(v => Number.isFinite(v) ? v : null)}))}));
           }
           return out;
         }""", [bs.PACK, payloads])
     for name, payload in payloads.items():
-        expected = [{"title": p.title, "xRange": list(p.x_range) if p.x_range else None,
+        expected = [{"title": p.title, "yLabel": p.y_label, "xRange": list(p.x_range) if p.x_range else None,
                      "series": [{"label": s.label, "dashed": s.dashed, "x": s.x,
+                                 "color": "#%02x%02x%02x" % s.color if s.color else None, "marker": s.marker,
                                  "values": [v if v == v else None for v in s.values]} for s in p.series]}
                     for p in chart.figure_panels(name, payload)]
         assert drawn[name] == expected, name

@@ -4,12 +4,14 @@ versions, and the test checkpoints' UNet layouts against ComfyUI's own tables of
 from __future__ import annotations
 
 import ast
+import importlib.util
 import inspect
 import types
+from pathlib import Path
 
 import pytest
 
-from devtools import checkpoints
+from devtools import checkpoints, paths
 from devtools.harness import executor_kwargs
 
 # Real models' UNet configs by the name ComfyUI's model_detection gives them in
@@ -18,13 +20,17 @@ KNOWN_CONFIG = {"SD15": "SD15", "SD20": "SD21", "SDXL": "SDXL"}
 
 
 def _fake_execution(tmp_path, init_source: str, body: str, main_source: str | None):
-    """A stand-in for a ComfyUI version's execution module: its PromptExecutor signature and source."""
+    """A stand-in for a ComfyUI version's execution module: its PromptExecutor signature and source.
+    The class is written to a module file and imported (no exec: the Registry's checks flag it)."""
     (tmp_path / "execution.py").write_text(body)
     if main_source is not None:
         (tmp_path / "main.py").write_text(main_source)
-    namespace: dict = {}
-    exec(f"class PromptExecutor:\n    def __init__{init_source}:\n        pass\n", namespace)
-    return types.SimpleNamespace(PromptExecutor=namespace["PromptExecutor"], __file__=str(tmp_path / "execution.py"))
+    signature_file = tmp_path / "prompt_executor_signature.py"
+    signature_file.write_text(f"class PromptExecutor:\n    def __init__{init_source}:\n        pass\n")
+    spec = importlib.util.spec_from_file_location(f"prompt_executor_{tmp_path.name}", signature_file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return types.SimpleNamespace(PromptExecutor=module.PromptExecutor, __file__=str(tmp_path / "execution.py"))
 
 
 @pytest.mark.parametrize("version, init, body, main, expected", [
@@ -87,3 +93,14 @@ def test_checkpoint_unet_matches_the_real_model(comfy, kind):
     assert spec.kept is not None or len(keys) >= 15, sorted(keys)
     assert {k: detected[k] for k in keys} == {k: real[k] for k in keys}
     assert {k: detected[k] for k in spec.unet} == spec.unet  # the spec says what detection reports
+
+
+def test_each_host_builds_its_models_in_a_cache_of_its_own(runtime_paths):
+    """A model built under one ComfyUI never stands in for another host's build (their classes differ:
+    0.33's Flux requires txt_ids_dims): the cache folder is named after the host's own version file."""
+    import re
+
+    version = re.search(r"__version__\s*=\s*[\"']([^\"']+)",
+                        (Path(runtime_paths["comfyui"]) / "comfyui_version.py").read_text()).group(1)
+    assert Path(runtime_paths["models"]).name == f"comfyui-{version}"
+    assert Path(runtime_paths["models"]).parent == paths.MODELS

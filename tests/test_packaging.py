@@ -99,3 +99,63 @@ print("NODES", sorted(k for k in nodes.NODE_CLASS_MAPPINGS if k in {list(OUR_NOD
     assert "OK" in out.stdout, out.stdout + out.stderr
     assert "LOG" not in out.stdout, out.stdout
     assert f"NODES {sorted(OUR_NODES)}" in out.stdout
+
+
+def _comfy_cli_python() -> str | None:
+    """A python with comfy-cli: this one (the runtime installs devtools/requirements-dev.txt) or
+    $SHAPEFIRST_COMFY_CLI_PYTHON (e.g. a small venv of its own)."""
+    import importlib.util
+    import os
+    import sys
+
+    other = os.environ.get("SHAPEFIRST_COMFY_CLI_PYTHON")
+    if other:
+        return other
+    return sys.executable if importlib.util.find_spec("comfy_cli") else None
+
+
+def test_comfy_node_validate_passes_on_the_repository(tmp_path):
+    """`comfy node validate` (comfy-cli, what `comfy node publish` runs first): the configuration parses with
+    no warning and its security check (ruff S102 exec, S307 eval, E702 two statements on a line) finds nothing."""
+    import os
+    import subprocess
+    import sys
+
+    python = _comfy_cli_python()
+    if python is None:
+        pinned = next(line for line in (REPO / "devtools" / "requirements-dev.txt").read_text().splitlines()
+                      if line.startswith("comfy-cli"))
+        msg = (f"comfy-cli is not installed in the tests' python ({sys.executable}): pip install {pinned} there, "
+               "or set SHAPEFIRST_COMFY_CLI_PYTHON to a python that has it")
+        if os.environ.get("COMFYUI_PYTHON") or os.environ.get("SHAPEFIRST_COMFYUI_SRC"):
+            pytest.skip(msg)  # a runtime of the user's own: the project's build did not install it
+        pytest.fail(msg)  # the project's own runtime installs devtools/requirements-dev.txt
+    env = dict(os.environ, HOME=str(tmp_path), XDG_CONFIG_HOME=str(tmp_path / ".config"), DO_NOT_TRACK="1",
+               RUFF_CACHE_DIR=str(tmp_path / "ruff-cache"))  # comfy-cli's config and ruff's cache stay out of the repo
+    out = subprocess.run([python, "-m", "comfy_cli", "--skip-prompt", "node", "validate"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text
+    assert "All validation checks passed successfully" in text, text
+    assert "Warning" not in text and "Error" not in text, text
+
+
+def test_icon_and_urls_are_what_the_registry_accepts():
+    """The Registry's pyproject rules (docs.comfy.org/registry/specifications) that comfy-cli does not check
+    itself: the URL keys it reads, and an icon of SVG, PNG, JPG or GIF no larger than 800 x 400 px. The icon
+    URL names a file of this repository."""
+    from PIL import Image
+
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())
+    urls, comfy = data["project"]["urls"], data["tool"]["comfy"]
+    assert {"Homepage", "Documentation", "Repository", "Issues"} <= set(urls)
+    assert all(u.startswith("https://") for u in urls.values())
+    icon = comfy["Icon"]
+    match = re.fullmatch(r"https://raw\.githubusercontent\.com/[^/]+/[^/]+/main/(.+)", icon)
+    assert match, icon
+    local = REPO / match.group(1)
+    assert local.suffix.lower() in {".svg", ".png", ".jpg", ".jpeg", ".gif"} and local.is_file()
+    if local.suffix.lower() != ".svg":
+        with Image.open(local) as im:
+            assert im.width <= 800 and im.height <= 400, im.size
+    assert re.fullmatch(r"(==|>=|<=|!=|~=|>|<)?\d+\.\d+\.\d+", comfy["requires-comfyui"])

@@ -1,6 +1,7 @@
-"""The truncation sweep against two real ComfyUI servers on 127.0.0.1 (tiny random SD1.5).
+"""The truncation sweep against two real ComfyUI servers on 127.0.0.1 (tiny random SD1.5, 64 px, few steps).
+The command line as a user runs it (real processes, real signals) is in test_sweep_cli.py.
 
-Order matters: the last test kills one of the two module servers by its PID.
+Order matters: the kill test stops one of the two module servers by its PID.
 """
 
 from __future__ import annotations
@@ -18,11 +19,16 @@ import numpy as np
 import pytest
 
 from devtools import sweep as dsweep
+from devtools import sweep_cli, sweep_summary
 from devtools import sweep_metrics as metrics
 from shapefirst import sweep as pure
+from shapefirst import sweep_table
+from sweep_support import PROMPTS, STEPS, history_size, result_keys, settings, wait_history
 
-STEPS = 4
-PROMPTS = "A dog standing on a bench during the day.\na blue bird\n"
+
+
+def _l1_only():
+    return [(m, m.make(None, None)) for m in metrics.METRICS if m.column.key == "l1"]
 
 
 @pytest.fixture(scope="module")
@@ -40,31 +46,19 @@ def servers(runtime_paths, checkpoints_dir, sd15_ckpt, tmp_path_factory):
             srv.stop()
 
 
-def _settings(ckpt, **kw):
-    return dsweep.Settings(ckpt, sampler="euler", scheduler="normal", steps=STEPS, cfg=7.5, width=64, height=64, **kw)
-
-
-def _history_size(srv) -> int:
-    with urllib.request.urlopen(srv.url + "/history", timeout=30) as r:
-        return len(json.loads(r.read()))
-
-
-def _result_keys(out: Path) -> list[str]:
-    lines = (out / "results.jsonl").read_text().splitlines()
-    return [json.loads(line)["key"] for line in lines if "key" in json.loads(line)]
-
-
 def test_sweep_on_two_servers_is_complete_matches_the_windows_and_resumes(servers, sd15_ckpt, tmp_path, output_dir):
     prompts = pure.parse_prompts(PROMPTS, default_seed=3)
     windows = pure.parse_windows(["a=2", "a=4"], STEPS)
     out = tmp_path / "sweep"
-    s = _settings(sd15_ckpt)
+    s = settings(sd15_ckpt)
     sweep = dsweep.Sweep(s, prompts, windows, [srv.url for srv in servers], out)
     records = sweep.run()
 
     expected = {f"p{p}|{w}" for p in range(2) for w in ("a=0", "a=2", "a=4")}
-    assert set(records) == expected and sorted(_result_keys(out)) == sorted(expected)  # each once
-    assert sweep.queued == 6 and all(srv.done > 0 for srv in sweep.servers)
+    assert set(records) == expected and sorted(result_keys(out)) == sorted(expected)  # each once
+    assert sweep.queued == 6 and sum(srv.done for srv in sweep.servers) == 6  # warm-ups are not images
+    for p in range(2):  # every window of a prompt on the server of its a = 0 twin, in this run
+        assert len({(r["server"], r["session"]) for r in records.values() if r["prompt_index"] == p}) == 1
     for r in records.values():
         a = int(r["window"].split("=")[1])
         # euler evaluates the model once per step; a final steps skip one of two UNet rows each
@@ -79,46 +73,37 @@ def test_sweep_on_two_servers_is_complete_matches_the_windows_and_resumes(server
                                                                     "adaptive_threshold")}}
     graph["7"]["inputs"]["filename_prefix"] = "core_ksampler"
     core = servers[0].post_json("/prompt", {"prompt": graph})["prompt_id"]
-    hist = _wait_history(servers[0], core)
+    hist = wait_history(servers[0], core)
     ref = hist["outputs"]["7"]["images"][0]
     with urllib.request.urlopen(f"{servers[0].url}/view?filename={ref['filename']}&type=output") as resp:
         (tmp_path / "core.png").write_bytes(resp.read())
-    assert pure.l1(metrics.load_image(tmp_path / "core.png"), metrics.load_image(out / records["p0|a=0"]["image"])) == 0
+    ours = metrics.load_image(out / records["p0|a=0"]["image"])
+    assert sweep_table.l1(metrics.load_image(tmp_path / "core.png"), ours) == 0
 
-    rows = metrics.score(records, out)
+    rows, per_window = metrics.score(records, out, _l1_only())
     assert all(r["l1"] == 0 for r in rows if r["window"] == "a=0")
-    table = metrics.write_summary(rows, windows, out)
+    table, notes = sweep_summary.write_summary(rows, windows, out, _l1_only(), per_window, notes=sweep.notes)
     assert [r["window"] for r in table] == ["a=0", "a=2", "a=4"] and [r["images"] for r in table] == [2, 2, 2]
+    assert [r["timed_pairs"] for r in table] == [2, 2, 2]  # every image has its twin on its server
     assert table[2]["skipped_passes"] == 4 and table[2]["unet_saved"] == pytest.approx(0.5)
-    for name in ("summary.md", "summary.csv", "summary.png", "per_image.csv", "per_image.jsonl"):
+    assert any("share its cores" in n for n in notes)  # two CPU servers on one machine: said in the summary
+    for name in sweep_summary.FILES:
         assert (out / name).is_file()
         shutil.copy(out / name, output_dir / name)
 
     # resume: a finished sweep queues nothing; an interrupted one only what is missing
-    before = [_history_size(srv) for srv in servers]
+    before = [history_size(srv) for srv in servers]
     again = dsweep.Sweep(s, prompts, windows, [srv.url for srv in servers], out)
     assert again.run() == records and again.queued == 0
-    assert [_history_size(srv) for srv in servers] == before
+    assert [history_size(srv) for srv in servers] == before
     lines = (out / "results.jsonl").read_text().splitlines(keepends=True)
     (out / "results.jsonl").write_text("".join(lines[:-2]) + lines[-2][:20])  # one lost, one torn
     third = dsweep.Sweep(s, prompts, windows, [srv.url for srv in servers], out)
     assert set(third.run()) == expected and third.queued == 2
-    assert len(_result_keys(out)) == 6
+    assert len(result_keys(out)) == 6
 
 
-def _wait_history(srv, prompt_id, timeout=120):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        h = srv.get_json(f"/history/{prompt_id}")
-        if prompt_id in h:
-            return h[prompt_id]
-        time.sleep(0.2)
-    raise AssertionError("the core graph did not finish")
-
-
-@pytest.mark.parametrize("case", ["unreachable", "checkpoint", "sampler", "empty", "window"])
+@pytest.mark.parametrize("case", ["unreachable", "checkpoint", "sampler", "empty", "window", "percent"])
 def test_bad_input_fails_before_anything_is_queued(case, servers, sd15_ckpt, tmp_path, caplog):
     from devtools import server as comfy_server
 
@@ -127,15 +112,17 @@ def test_bad_input_fails_before_anything_is_queued(case, servers, sd15_ckpt, tmp
     urls = [servers[0].url] + ([f"http://127.0.0.1:{comfy_server.free_port()}"] if case == "unreachable" else [])
     argv = ["--prompts", str(prompts), "--checkpoint", "nope.safetensors" if case == "checkpoint" else sd15_ckpt,
             "--sampler", "eulr" if case == "sampler" else "euler", "--scheduler", "normal", "--steps", str(STEPS),
-            "--width", "64", "--height", "64", "--windows", "end=1.5" if case == "window" else "a=2",
+            "--width", "64", "--height", "64",
+            "--windows", {"window": "end=1.5", "percent": "a=10%"}.get(case, "a=2"),
             "--out", str(tmp_path / "out")] + [x for u in urls for x in ("--server", u)]
-    fix = {"unreachable": "Start it there", "checkpoint": "models/checkpoints", "sampler": "Did you mean euler",
-           "empty": "one prompt per line", "window": r"[0, 1]"}[case]
-    before = _history_size(servers[0])
+    fix = {"unreachable": "--port PORT, with --cpu on a machine without a GPU", "checkpoint": "models/checkpoints",
+           "sampler": "Did you mean euler", "empty": "one prompt per line", "window": r"[0, 1]",
+           "percent": "at least 12.5%"}[case]
+    before = history_size(servers[0])
     with caplog.at_level(logging.ERROR, logger="shapefirst.sweep"):
-        assert dsweep.main(argv) == 2
+        assert sweep_cli.main(argv) == 2
     assert fix in caplog.text
-    assert _history_size(servers[0]) == before
+    assert history_size(servers[0]) == before
     assert not (tmp_path / "out" / "results.jsonl").exists()
 
 
@@ -170,12 +157,12 @@ def test_image_clipscore_through_core_clip_vision_encode(comfy, tmp_path):
     b = rng.random((64, 64, 3)).astype(np.float32)
     ea, ea2, eb = clip.embed(a), clip.embed(a.copy()), clip.embed(b)
     assert np.isfinite(ea).all() and ea.shape == (16,)
-    assert pure.cosine(ea, ea2) == pytest.approx(1.0, abs=1e-6)
+    assert sweep_table.cosine(ea, ea2) == pytest.approx(1.0, abs=1e-6)
     with torch.no_grad():
         ref = torch.nn.functional.cosine_similarity(
             model.encode_image(torch.from_numpy(a)[None])["image_embeds"],
             model.encode_image(torch.from_numpy(b)[None])["image_embeds"]).item()
-    assert pure.cosine(ea, eb) == pytest.approx(ref, abs=1e-5) and ref < 0.9999
+    assert sweep_table.cosine(ea, eb) == pytest.approx(ref, abs=1e-5) and ref < 0.9999
 
     # through score(): the a = 0 image against itself and a different one
     from PIL import Image
@@ -185,7 +172,9 @@ def test_image_clipscore_through_core_clip_vision_encode(comfy, tmp_path):
         Image.fromarray((img * 255).round().astype(np.uint8)).save(tmp_path / "images" / name)
     recs = {k: {"key": k, "prompt_index": 0, "prompt": "p", "window": w, "image": f"images/{f}", "seconds": 1.0}
             for k, w, f in (("p0|a=0", "a=0", "r.png"), ("p0|a=2", "a=2", "x.png"))}
-    rows = {r["window"]: r for r in metrics.score(recs, tmp_path, image_clip=clip)}
+    image_clip = next(m for m in metrics.METRICS if m.column.key == "image_clip")
+    active = _l1_only() + [(image_clip, metrics.ImageClipScore(clip))]
+    rows = {r["window"]: r for r in metrics.score(recs, tmp_path, active)[0]}
     assert rows["a=0"]["image_clip"] == pytest.approx(1.0, abs=1e-6) and rows["a=0"]["l1"] == 0
     assert rows["a=2"]["image_clip"] < 0.9999 and rows["a=2"]["l1"] > 0
 
@@ -198,7 +187,7 @@ def test_missing_metric_models_say_what_to_pass(comfy, tmp_path):
 
 
 def test_a_server_killed_mid_sweep_still_completes(servers, sd15_ckpt, tmp_path):
-    prompts = pure.parse_prompts(PROMPTS, default_seed=11)
+    prompts = pure.parse_prompts(PROMPTS + "a red cube\n", default_seed=11)
     windows = pure.parse_windows(["a=1", "a=3"], STEPS)
     victim = servers[1]
     killed = []
@@ -209,15 +198,21 @@ def test_a_server_killed_mid_sweep_still_completes(servers, sd15_ckpt, tmp_path)
             victim.proc.wait(timeout=30)
             killed.append(record["key"])
 
-    sweep = dsweep.Sweep(_settings(sd15_ckpt), prompts, windows, [srv.url for srv in servers], tmp_path / "out",
+    sweep = dsweep.Sweep(settings(sd15_ckpt), prompts, windows, [srv.url for srv in servers], tmp_path / "out",
                          on_record=on_record)
     records = sweep.run()
-    expected = {f"p{p}|{w}" for p in range(2) for w in ("a=0", "a=1", "a=3")}
+    expected = {f"p{p}|{w}" for p in range(3) for w in ("a=0", "a=1", "a=3")}
     assert killed and set(records) == expected
-    assert sorted(_result_keys(tmp_path / "out")) == sorted(expected)  # nothing lost, nothing twice
+    assert sorted(result_keys(tmp_path / "out")) == sorted(expected)  # nothing lost, nothing twice
     dead, alive = sweep.servers[1], sweep.servers[0]
-    assert dead.dropped and not alive.dropped and dead.done == 1 and alive.done == 5
+    assert dead.dropped and not alive.dropped and dead.done == 1 and alive.done == 8
     assert sweep.work.requeued >= 1  # the job queued behind the finished one went to the other server
+    # the dead server's prompt finished elsewhere, away from its a = 0 twin: those times are not compared
+    orphan = records[killed[0]]["prompt_index"]
+    assert records[killed[0]]["window"] == "a=0" and any("dropped out" in n for n in sweep.notes)
+    table, notes = sweep_table.aggregate(list(records.values()), windows)
+    assert [r["timed_pairs"] for r in table] == [3, 2, 2] and "its a=0 twin ran on another server: 2" in notes[0]
+    assert all(records[f"p{orphan}|{w}"]["server"] == alive.url for w in ("a=1", "a=3"))
 
 
 def test_text_clipscore_from_a_local_transformers_folder(comfy, runtime_paths, tmp_path):

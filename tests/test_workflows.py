@@ -32,6 +32,21 @@ def test_shipped_files_are_what_the_generator_writes(comfy):
         assert path.read_text() == built[path.name], f"{path.name} is stale: run scripts/make_workflows.py"
 
 
+@pytest.mark.comfy
+def test_every_saving_node_has_its_own_filename_prefix(comfy):
+    """ComfyUI numbers files per prefix: a chart and the data beside it, or two workflows, sharing one
+    would number each other's files (fig16_kl_00002_.png beside fig16_kl_00001_.csv)."""
+    info = comfy.object_info()
+    prefixes = [(path.stem, nid, node["inputs"]["filename_prefix"]) for path in SHIPPED
+                for nid, node in ui_to_api(json.loads(path.read_text()), info).items()
+                if "filename_prefix" in node["inputs"]]
+    assert len(prefixes) > len(SHIPPED)
+    seen = {}
+    for stem, nid, prefix in prefixes:
+        assert prefix not in seen, f"{stem} node {nid} and {seen[prefix]} share the filename prefix {prefix}"
+        seen[prefix] = f"{stem} node {nid}"
+
+
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
 def test_shipped_nodes_do_not_overlap(path):
     """No node's box (title bar included) covers another's, in its column or the next, whatever its

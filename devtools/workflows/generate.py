@@ -57,15 +57,16 @@ def build_all(object_info: dict) -> dict[str, str]:
     return {name: json.dumps(fn(object_info), indent=2) + "\n" for name, fn in WORKFLOW_BUILDERS.items()}
 
 
-def main() -> int:
+def main(out: Path = WORKFLOWS) -> int:
     from .. import boot
     from ..harness import ComfyHarness
 
     boot.quiet_logs()
     with tempfile.TemporaryDirectory() as tmp:
         files = build_all(ComfyHarness(Path(tmp)).boot().object_info())
-    WORKFLOWS.mkdir(exist_ok=True)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
-        (WORKFLOWS / name).write_text(text)
-        print(f"wrote {WORKFLOWS.name}/{name}")
+        (out / name).write_text(text)
+        print(f"wrote {out / name}")
     return 0

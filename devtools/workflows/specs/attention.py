@@ -55,7 +55,7 @@ def _compared_pair(b: WorkflowBuilder, ckpt, neg, latent, runs, title: str, pref
     kl = b.add("AttentionMapCompare", title, 5, 0, size=(460, 440), capture_a=cap_a.out(1), images_a=images[0].out(0),
                capture_b=cap_b.out(1), images_b=images[1].out(0), branch="cond", batch_index=0,
                filename_prefix=prefix)
-    b.add("SaveImage", "Save KL curves", 6, 0, images=kl.out(0), filename_prefix=prefix)
+    b.add("SaveImage", "Save KL curves", 6, 0, images=kl.out(0), filename_prefix=f"{prefix}_chart")
     return images
 
 

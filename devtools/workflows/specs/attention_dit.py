@@ -36,7 +36,7 @@ def sd3_attention_maps_token_classes(info: dict) -> dict:
                     seed=42, steps=28, cfg=4.5, sampler_name="euler", scheduler="sgm_uniform", positive=pos.out(0),
                     negative=neg.out(0), latent_image=latent.out(0), denoise=1.0)
     image = b.add("VAEDecode", None, 3, 1.5, size=(220, 60), samples=sampled.out(0), vae=ckpt.out(2))
-    b.add("SaveImage", "Save image", 3, 2, images=image.out(0), filename_prefix="shapefirst/sd3_attention")
+    b.add("SaveImage", "Save image", 3, 2, images=image.out(0), filename_prefix="shapefirst/sd3_attention_image")
     _view(b, capture, image, clip, text, 4, "Fig. 1 / Fig. 3 on SD3.5: maps over steps, weight per token class",
           "shapefirst/sd3_attention")
     b.note(
@@ -62,7 +62,7 @@ def wan21_attention_maps_token_classes(info: dict) -> dict:
                     negative=neg.out(0), latent_image=latent.out(0), denoise=1.0)
     frames = b.add("VAEDecode", None, 3, 1.5, size=(220, 60), samples=sampled.out(0), vae=vae.out(0))
     b.add("SaveAnimatedWEBP", "Save video (animated WEBP)", 3, 2, size=(420, 340), images=frames.out(0),
-          filename_prefix="shapefirst/wan21_attention", fps=16.0, lossless=False, quality=90, method="default")
+          filename_prefix="shapefirst/wan21_attention_video", fps=16.0, lossless=False, quality=90, method="default")
     _view(b, capture, frames, clip, text, 4, "Fig. 1 / Fig. 3 on Wan 2.1: first kept frame (batch_index 0)",
           "shapefirst/wan21_attention")
     b.note(
