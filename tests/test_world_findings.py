@@ -32,7 +32,7 @@ def quick(runtime_paths, tmp_path_factory):
     """The quick benchmark's report and results.json."""
     out = tmp_path_factory.mktemp("findings")
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "findings.py"), "--quick", "--servers", "1",
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "findings.py"), "--quick", "--servers", "2",
                            "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout, json.loads((out / "results.json").read_text())
@@ -74,3 +74,41 @@ def test_the_shape_forms_first(quick):
     figs = quick[1]["figures"]
     f1 = figs["Fig 1b: relative edge F1 (SEM maps vs final image)"]
     assert f1[3] >= RELATIVE_F1_BAR, f1  # POINTS[3] = 40% of the steps
+
+
+def test_the_sweeps_toy_clip_metric_scores_images_of_the_world(tmp_path):
+    """The sweep's Toy-CLIPScore columns (--toy-clip): an image's score with itself is 1, and a
+    rendered scene scores higher with its own caption than with the caption of another shape."""
+    import numpy as np
+
+    from devtools import sweep_cli, sweep_metrics
+    from devtools.world.assemble import PARAMS
+    from devtools.world.render import render
+    from devtools.world.scenes import single
+    from devtools.world.vocab import SHAPES
+
+    args = sweep_cli.parse_args(["--prompts", "p.txt", "--checkpoint", "c", "--toy-clip", str(PARAMS)])
+    active, left_out = sweep_metrics.prepare(args, sweep_metrics.Context(tmp_path))
+    scorers = {m.column.key: s for m, s in active}
+    assert {"toy_image", "toy_text"} <= set(scorers), [m.column.key for m, _ in left_out]
+    own, other = [], []
+    for k, shape in enumerate(SHAPES):
+        scene = single(7, k, shape, "red")
+        image = render(scene).astype(np.float32) / 255
+        item = sweep_metrics.Item(image, image, scene["caption"], "ref")
+        assert scorers["toy_image"].score(item) == pytest.approx(1.0, abs=1e-4)
+        own.append(scorers["toy_text"].score(item))
+        other.append(scorers["toy_text"].score(sweep_metrics.Item(image, None, f"a red {SHAPES[k - 1]}")))
+    assert sum(o > x for o, x in zip(own, other)) >= 6, (own, other)
+
+
+def test_without_its_folder_the_toy_clip_metric_is_left_out_saying_why(tmp_path):
+    from devtools import sweep_cli, sweep_metrics
+
+    args = sweep_cli.parse_args(["--prompts", "p.txt", "--checkpoint", "c"])
+    _, left_out = sweep_metrics.prepare(args, sweep_metrics.Context(tmp_path))
+    reasons = {m.column.key: why for m, why in left_out}
+    assert "--toy-clip" in reasons["toy_image"] and "--toy-clip" in reasons["toy_text"]
+    with pytest.raises(FileNotFoundError, match="world.json"):
+        sweep_metrics.prepare(sweep_cli.parse_args(["--prompts", "p", "--checkpoint", "c", "--toy-clip",
+                                                    str(tmp_path)]), sweep_metrics.Context(tmp_path))
