@@ -15,6 +15,9 @@ prompt); one of a per-window metric (FID) has ``score_windows(rows, out_dir) -> 
   transformers CLIP folder that has both towers (--clip-hf); opened with local_files_only.
 * FID of each window's images against a reference folder: with torchmetrics installed and the
   Inception weights file given (--fid-weights).
+* Toy-CLIPScore (image to the a = 0 image, and text) from the text and image towers of ShapeFirst
+  World (docs/world.md), given its parameter folder (--toy-clip devtools/world/params): the paper's
+  Image- and Text-CLIPScore for the world's model, plain cosines.
 
 Adding a metric (e.g. an image-text score from a small model of one's own): write its scorer and
 append a ``Metric`` to ``METRICS`` with its option; the command line, the table, the CSV, the chart
@@ -33,7 +36,7 @@ from typing import Callable
 from shapefirst.sweep_table import Column
 
 from .sweep_scorers import (FidScore, GraphClipVision, HFTextClip, ImageClipScore, Item, L1Score, NodeClipVision,
-                            TextClipScore, load_image)
+                            TextClipScore, ToyClip, load_image)
 
 LOG = logging.getLogger("shapefirst.sweep")
 
@@ -110,6 +113,22 @@ def _fid(args, ctx):
     return FidScore(weights, getattr(args, "fid_reference", None))
 
 
+def _toy_clip(args, ctx):
+    folder = Path(_need(args, "--toy-clip", "the parameter folder of ShapeFirst World, devtools/world/params"))
+    if not (folder / "world.json").is_file():
+        raise FileNotFoundError(f"--toy-clip {folder} has no world.json; give ShapeFirst World's parameter folder "
+                                "(devtools/world/params) or leave the option out (Toy-CLIPScore is then not computed)")
+    return ToyClip.shared(folder)
+
+
+def _toy_image(args, ctx):
+    return ImageClipScore(_toy_clip(args, ctx))
+
+
+def _toy_text(args, ctx):
+    return TextClipScore(_toy_clip(args, ctx))
+
+
 METRICS: list[Metric] = [
     Metric(Column("l1", "L1", "{:.3f}", "L1 to a=0 (lower is closer)"), _l1),
     Metric(Column("image_clip", "Image-CLIPScore", "{:.3f}", "Image-CLIPScore to a=0"), _image_clip,
@@ -121,6 +140,10 @@ METRICS: list[Metric] = [
            (Option("--fid-weights", "Inception weights file for torchmetrics' FID", "FILE"),
             Option("--fid-reference", "folder of reference images for FID (default: the a=0 images)", "DIR")),
            per_window=True),
+    Metric(Column("toy_image", "Toy-CLIPScore (image)", "{:.3f}", "Toy-CLIPScore (image) to a=0"), _toy_image,
+           (Option("--toy-clip", "ShapeFirst World's parameter folder (devtools/world/params) for Toy-CLIPScore, "
+                   "image to a=0 and text (docs/world.md)", "DIR"),)),
+    Metric(Column("toy_text", "Toy-CLIPScore (text)", "{:.3f}", "Toy-CLIPScore (text)"), _toy_text),
 ]
 
 

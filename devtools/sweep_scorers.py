@@ -172,3 +172,41 @@ class FidScore:
             fid.update(batch([load_image(out_dir / r["image"]) for r in rows if r["window"] == label]), real=False)
             out[label] = float(fid.compute())
         return out
+
+
+class ToyClip:
+    """ShapeFirst World's Toy-CLIP (devtools/world/evaluate.py) from a parameter folder: ``embed`` for
+    ImageClipScore (unit image features) and ``score`` for TextClipScore (cosine with the prompt)."""
+
+    _made: dict = {}
+
+    def __init__(self, folder):
+        from .world import evaluate
+
+        self.model = evaluate.toy_clip(Path(folder).resolve())
+
+    @classmethod
+    def shared(cls, folder) -> "ToyClip":
+        key = str(Path(folder).resolve())
+        if key not in cls._made:
+            cls._made[key] = cls(folder)
+        return cls._made[key]
+
+    def _features(self, image):
+        import torch
+
+        from .world.evaluate import as_nchw
+
+        with torch.no_grad():
+            return self.model.image_features(as_nchw(torch.from_numpy(image)[None]))[0]
+
+    def embed(self, image):
+        return self._features(image).numpy()
+
+    def score(self, image, prompt: str) -> float:
+        import torch
+
+        from .world.tokens import encode
+
+        with torch.no_grad():
+            return float((self._features(image) * self.model.text_features(encode([prompt]))[0]).sum())

@@ -48,8 +48,9 @@ class WorldFileError(RuntimeError):
     """A world file (shipped parameters or an assembled model file) is missing, corrupt or unknown."""
 
 
-def info() -> dict:
-    path = PARAMS / "world.json"
+def info(folder=None) -> dict:
+    """The recorded metadata (``world.json``) of the shipped parameters, or of another ``folder``."""
+    path = Path(folder or PARAMS) / "world.json"
     if not path.exists():
         raise WorldFileError(f"{path} is missing: the world's parameters are not in this checkout "
                              "(restore devtools/world/params/ with git checkout)")
@@ -60,10 +61,11 @@ def file_name(kind: str) -> str:
     return FILES[kind][1].format(v=info()["version"])
 
 
-def load_params(part: str) -> dict[str, np.ndarray]:
-    """The compact tensors of ``part`` (unet, text, vae, toyclip, classifier), hash-checked."""
-    path = PARAMS / f"{part}.safetensors"
-    want = info()["params"].get(part)
+def load_params(part: str, folder=None) -> dict[str, np.ndarray]:
+    """The compact tensors of ``part`` (unet, text, vae, toyclip, classifier), hash-checked; from the
+    shipped parameters, or from another ``folder`` with its own world.json."""
+    path = Path(folder or PARAMS) / f"{part}.safetensors"
+    want = info(folder)["params"].get(part)
     if not path.exists() or want is None:
         raise WorldFileError(f"{path} is missing (restore devtools/world/params/ with git checkout)")
     got = stfile.sha256(path)

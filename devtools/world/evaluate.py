@@ -13,8 +13,9 @@ from .compact_text import ToyCLIP
 from .layout import Widths
 
 
-def _tensors(part: str, prefix: str = "") -> dict:
-    return {k[len(prefix):]: torch.from_numpy(v).float() for k, v in load_params(part).items() if k.startswith(prefix)}
+def _tensors(part: str, prefix: str = "", folder=None) -> dict:
+    return {k[len(prefix):]: torch.from_numpy(v).float() for k, v in load_params(part, folder).items()
+            if k.startswith(prefix)}
 
 
 @functools.lru_cache(maxsize=1)
@@ -24,15 +25,16 @@ def classifier() -> Classifier:
     return model.eval()
 
 
-@functools.lru_cache(maxsize=1)
-def toy_clip() -> ToyCLIP:
-    meta = info()
+@functools.lru_cache(maxsize=2)
+def toy_clip(folder=None) -> ToyCLIP:
+    """Toy-CLIP (text and image towers) from the shipped parameters or another parameter ``folder``."""
+    meta = info(folder)
     model = ToyCLIP(Widths.from_json(meta["widths"]), meta["token_ids"])
-    text = _tensors("text")
+    text = _tensors("text", folder=folder)
     model.text_projection.weight.data.copy_(text.pop("text_projection.weight"))
     model.text.load_state_dict(text)
-    model.image.load_state_dict(_tensors("toyclip", "image."))
-    model.logit_scale.data.fill_(float(load_params("toyclip")["logit_scale"]))
+    model.image.load_state_dict(_tensors("toyclip", "image.", folder))
+    model.logit_scale.data.fill_(float(load_params("toyclip", folder)["logit_scale"]))
     return model.eval()
 
 

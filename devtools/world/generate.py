@@ -79,8 +79,8 @@ def main(argv=None) -> int:
     from . import checkpoint, evalset
 
     boot.quiet_logs()
-    ckpt = checkpoint(paths.CHECKPOINTS)
-    h = ComfyHarness(paths.RUNTIME_DIR / "world-generate", paths.CHECKPOINTS).boot()
+    ckpt = checkpoint(Path(boot.runtime().models))
+    h = ComfyHarness(paths.RUNTIME_DIR / "world-generate", ckpt.parent).boot()
     ev = evalset.load()
     report = {}
     for name in ("single", "positioned"):

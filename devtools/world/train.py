@@ -22,7 +22,7 @@ from ..paths import RUNTIME_DIR
 
 STATE = Path(os.environ.get("SHAPEFIRST_WORLD_TRAIN", RUNTIME_DIR / "world-train"))
 DATA_SEED, DATA_N = 1, 60000
-STEPS = {"clip": 1200, "vae": 2500, "classifier": 1000, "unet": 3000}
+STEPS = {"clip": 1200, "vae": 2500, "classifier": 1000, "unet": 4000}
 
 
 def _stages(args):
