@@ -235,20 +235,22 @@ def _stop_on_signals(handler=_exit) -> None:
 
 
 def run_ui(args, rt: Runtime) -> int:
-    from .demo_world import sd15_workflows, write_ui_copies
+    from .demo_world import UI_STEPS, sd15_workflows, write_ui_copies
     from .server import ComfyServer, prepare_base
 
     _stop_on_signals()
     ckpt, is_world = _checkpoint(args, rt)
     base = prepare_base(UI_BASE, [ckpt])
-    copies = write_ui_copies(base / "user", sd15_workflows(WORKFLOWS), ckpt.name) if is_world else None
     srv = ComfyServer(rt.python, rt.comfyui, base, port=args.port)
     print(f"demo: starting ComfyUI (log: {srv.log_path}) ...", flush=True)
     try:
         srv.start()
+        copies = None
+        if is_world:  # the copies' steps widgets are found from the node definitions the server serves
+            copies = write_ui_copies(base / "user", sd15_workflows(WORKFLOWS), ckpt.name, srv.get_json("/object_info"))
         print(f"demo: ComfyUI is running at {srv.url} with ShapeFirst and the checkpoint {ckpt.name}"
               + (" (ShapeFirst World)." if is_world else "."))
-        for line in ui_message(sorted(WORKFLOWS.glob("*.json")), base / "models", ckpt, copies):
+        for line in ui_message(sorted(WORKFLOWS.glob("*.json")), base / "models", ckpt, copies, UI_STEPS):
             print(f"demo: {line}")
         print("demo: Ctrl-C stops ComfyUI.", flush=True)
         while srv.proc.poll() is None:

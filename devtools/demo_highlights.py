@@ -17,7 +17,8 @@ GAP = 4  # px between the panels of a strip (before enlarging)
 # (workflow, heading, what the picture shows: the paper's claim, not a result on this model)
 HIGHLIGHTS = (
     ("fast_txt2img_truncated_cfg", "Shapes from text",
-     "The World draws what the prompt names (shape, colour, place), here with truncated guidance."),
+     "What the World draws for the prompt below, with truncated guidance (how often it draws the named "
+     "shape, colour and place is measured in docs/world.md)."),
     ("fig4_eos_swap_bird_chair", "The [EOS] swap (the paper's Fig. 4)",
      "Left to right: prompt A, prompt B, A's tokens with B's [EOS], B's tokens with A's [EOS] (same seed). "
      "The paper finds that the swapped images follow the prompt that gave the [EOS] (its shape), while "

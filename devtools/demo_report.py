@@ -153,7 +153,8 @@ def workflow_files(path: Path) -> list[tuple[str, str]]:
     return wanted
 
 
-def ui_message(workflows: list[Path], models: Path, ckpt: Path, world_copies: Path | None = None) -> list[str]:
+def ui_message(workflows: list[Path], models: Path, ckpt: Path, world_copies: Path | None = None,
+               ui_steps: int = 20) -> list[str]:
     """What to load in the UI, and which shipped workflows run on the files in ``models``.
     ``world_copies``: the folder holding the World's copies of the SD1.x workflows (None: ``ckpt``
     is the user's own)."""
@@ -174,9 +175,9 @@ def ui_message(workflows: list[Path], models: Path, ckpt: Path, world_copies: Pa
         world_names = sorted(p.stem for p in world_copies.glob("*.json"))
         lines.append(f"{len(world_names)} SD1.5 workflow(s) run on ShapeFirst World ({ckpt.name}, a small model "
                      "trained on shapes) in seconds each on a CPU: open the Workflows sidebar (press w) > "
-                     f"{world_copies.name}/ (the templates with its checkpoint, 64 x 64 images and the prompts in "
-                     f"its words; this folder is rewritten at every start, so save your changes under another "
-                     f"name): {', '.join(world_names)}.")
+                     f"{world_copies.name}/ (the templates with its checkpoint, 64 x 64 images, the prompts in its "
+                     f"words and at most {ui_steps} steps per sampler; this folder is rewritten at every start, so "
+                     f"save your changes under another name): {', '.join(world_names)}.")
         asked = sorted({name for _, name in choose})
         lines.append(f"The templates themselves ask for {', '.join(asked)} at 512 px: for the World choose "
                      f"{ckpt.name} in Load Checkpoint, set 64 x 64 and write in its words (8 shapes, 8 colours, "

@@ -112,6 +112,7 @@ def thumbnail_path(workflow: Path) -> Path:
 
 def main(only: list[str] | None = None, check: bool = False) -> int:
     import tempfile
+    import time
 
     import torch
 
@@ -132,7 +133,9 @@ def main(only: list[str] | None = None, check: bool = False) -> int:
         comfy.utils.set_progress_bar_enabled(False)
         info = h.object_info()
         for path in files:
+            t0 = time.perf_counter()
             data = render(h, info, path, ckpt.name)
+            print(f"{path.stem}: ran in {time.perf_counter() - t0:.1f}s", flush=True)
             target = thumbnail_path(path)
             same = target.exists() and target.read_bytes() == data
             if check:

@@ -171,7 +171,7 @@ def _get(url: str):
 def test_ui_starts_from_an_empty_models_folder_and_sigterm_stops_its_comfyui(runtime_paths, tmp_path):
     import psutil
 
-    from devtools.demo_world import UI_FOLDER, sd15_workflows
+    from devtools.demo_world import UI_FOLDER, UI_STEPS, sd15_workflows
     from devtools.world import assemble
 
     port = free_port()
@@ -202,6 +202,7 @@ def test_ui_starts_from_an_empty_models_folder_and_sigterm_stops_its_comfyui(run
         values = {n["type"]: n["widgets_values"] for n in copy["nodes"]}
         assert values["CheckpointLoaderSimple"] == [assemble.file_name("checkpoint")]
         assert values["EmptyLatentImage"] == [64, 64, 1] and "a blue circle" in json.dumps(copy)
+        assert values["KSampler"][:4] == [42, "fixed", UI_STEPS, 7.5]  # the shipped 50 steps, capped
         text = "".join(lines)
         assert f"{len(sd15)} SD1.5 workflow(s) run on ShapeFirst World" in text and f"{UI_FOLDER}/" in text
         assert "v1-5-pruned-emaonly.safetensors" in text and "fig2_frequency_over_sampling" in text
