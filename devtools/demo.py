@@ -1,5 +1,9 @@
 """ShapeFirst's main job: run every shipped workflow inside a real, in-process ComfyUI.
 
+Without ``--ckpt`` the SD1.5 workflows run on ShapeFirst World (devtools/world, docs/world.md), a
+small SD1.5-format model trained on shapes and shipped in the repository: its checkpoint is assembled
+on first use and the workflows' prompts are put in its words (``world.in_world_words``; the files
+on disk stay as shipped). The other families' workflows run on their tiny random-weight models.
 Quick by default (every sampler capped at 10 steps, small images); ``--full`` runs the
 paper's step counts. Writes the outputs and ``summary.md`` (a table and the images, linked
 relatively) under ``output/demo/``; ``--ui`` starts the ComfyUI web UI instead.
@@ -16,32 +20,34 @@ import sys
 import time
 from pathlib import Path
 
-from .demo_report import RANDOM_WEIGHTS_NOTE, describe, guidance_reports, saved_share, summary, ui_message
+from .demo_highlights import highlights
+from .demo_report import describe, guidance_reports, node_order, saved_share, summary, ui_message
 from .entry import HelpFormatter
 from .paths import DEMO_OUTPUT, UI_BASE, WORKFLOWS
 from .runtime import Runtime
 
 QUICK_STEPS = 10
-SIZES = {  # (quick, full) image size: the random demo checkpoint / a real checkpoint (None = the workflow's)
-    "demo": (64, 128),
+SIZES = {  # (quick, full) image size: the World (trained at 64 px) / a real checkpoint (None = the workflow's)
+    "world": (64, 64),
     "real": (256, None),
 }
-DEMO_CHECKPOINT = "sd15"  # devtools/checkpoints.py spec the demo runs without --ckpt (default_checkpoint)
 
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="demo.py", description=__doc__, formatter_class=HelpFormatter)
-    ap.add_argument("--ckpt", type=Path, help="a real SD1.x checkpoint (.safetensors); default: the random demo one")
+    ap.add_argument("--ckpt", type=Path, help="a real SD1.x checkpoint (.safetensors); default: ShapeFirst World, "
+                                             "the small model trained on shapes that ships with the pack")
     ap.add_argument("--out", type=Path, default=DEMO_OUTPUT,
                     help="where outputs and summary.md go (a run of --only writes summary-<names>.md)")
     ap.add_argument("--full", action="store_true",
                     help="the paper's step counts (default: every sampler capped at %d steps)" % QUICK_STEPS)
     ap.add_argument("--size", type=int, default=None,
-                    help="image size for every workflow (default: 64 quick / 128 --full with the demo "
-                         "checkpoint; 256 quick / the workflow's own with --ckpt)")
+                    help="image size for every workflow (default: 64, the World's size; 256 quick / the "
+                         "workflow's own --full with --ckpt)")
     ap.add_argument("--steps", type=int, default=None, help="cap every sampler's steps (overrides the mode's cap)")
     ap.add_argument("--threads", type=int, default=None,
-                    help="torch CPU threads (default: 1 with the tiny demo checkpoint, whose operations are too small "
+                    help="torch CPU threads (default: 1 with the World and the tiny family models, whose operations "
+                         "are too small "
                          "to share out and whose threads only wait for each other on a busy machine; torch's "
                          "default with --ckpt)")
     ap.add_argument("--only", metavar="NAME", action="append",
@@ -52,17 +58,19 @@ def parse_args(argv):
 
 
 def default_checkpoint(models: Path) -> Path:
-    """The checkpoint the demo runs without --ckpt, built on first use in this host's models folder:
-    the seeded random-weight SD1.5 of devtools/checkpoints.py (RANDOM_WEIGHTS_NOTE says what that means)."""
-    from . import checkpoints
+    """The checkpoint the demo runs without --ckpt: ShapeFirst World's, assembled on first use in this
+    host's models folder from the parameters in devtools/world/params and checked against its hash."""
+    from . import world
+    from .world.assemble import FILES, file_name
 
-    folder = Path(models) / "checkpoints"
-    if not (folder / checkpoints.checkpoint_name(DEMO_CHECKPOINT)).exists():
-        print("demo: building the random-weight demo checkpoint (once, about 10 s)...", flush=True)
-    return checkpoints.ensure_checkpoint(DEMO_CHECKPOINT, folder)
+    if not (Path(models) / FILES["checkpoint"][0] / file_name("checkpoint")).exists():
+        print("demo: assembling the ShapeFirst World checkpoint from devtools/world/params (once, a few seconds)...",
+              flush=True)
+    return world.checkpoint(models)
 
 
 def _checkpoint(args, rt: Runtime) -> tuple[Path, bool]:
+    """(checkpoint, is it the World's)."""
     if args.ckpt:
         ckpt = args.ckpt.expanduser().resolve()
         if not ckpt.is_file():
@@ -113,8 +121,8 @@ def run_headless(args, rt: Runtime) -> int:
     from .workflows.convert import ui_to_api
 
     boot.quiet_logs()
-    ckpt, is_demo = _checkpoint(args, rt)
-    quick_size, full_size = SIZES["demo" if is_demo else "real"]
+    ckpt, is_world = _checkpoint(args, rt)
+    quick_size, full_size = SIZES["world" if is_world else "real"]
     size = args.size or (full_size if args.full else quick_size)
     steps = args.steps or (None if args.full else QUICK_STEPS)
     out = args.out.resolve()
@@ -128,7 +136,7 @@ def run_headless(args, rt: Runtime) -> int:
     if getattr(server.PromptServer, "instance", None) is None:
         # the guider and the model patch send their report as an event, as to a browser: keep it
         server.PromptServer.instance = h.server
-    threads = args.threads or (1 if is_demo else None)
+    threads = args.threads or (1 if is_world else None)
     if threads:
         torch.set_num_threads(threads)
     info = h.object_info()
@@ -136,12 +144,12 @@ def run_headless(args, rt: Runtime) -> int:
     mode = "full (the paper's step counts)" if args.full else f"quick (at most {QUICK_STEPS} steps per sampler)"
     print(f"demo: {len(files)} workflow(s), {mode}, images {size or 'as in each workflow'} px, "
           f"{torch.get_num_threads()} torch thread(s)", flush=True)
-    rows, peaks, failures = [], [], 0
+    rows, peaks, failures, shown = [], [], 0, {}
     wall0, cpu0 = time.perf_counter(), time.process_time()
     for k, path in enumerate(files, 1):
         prompt = ui_to_api(json.loads(path.read_text()), info)
         t0, c0 = time.perf_counter(), time.process_time()
-        status, saved, notes = _run_one(h, rt, prompt, path.stem, (ckpt, is_demo, size, steps), out)
+        status, saved, notes, shown[path.stem] = _run_one(h, rt, prompt, path.stem, (ckpt, is_world, size, steps), out)
         h.release()  # the next workflow starts without this one's models and outputs
         failures += status == "FAILED"
         rows.append((path.stem, status, time.perf_counter() - t0, time.process_time() - c0, saved, notes))
@@ -157,7 +165,8 @@ def run_headless(args, rt: Runtime) -> int:
     peak = _peak_mb()
     name = _summary_name(files, args.only)
     summary_path = out / name
-    summary_path.write_text(summary(rows, ckpt, is_demo, mode, size, steps, total, peak))
+    top = highlights(shown, out) if is_world else []
+    summary_path.write_text(summary(rows, ckpt, is_world, mode, size, steps, total, peak, top))
     summary_path.with_suffix(".json").write_text(json.dumps(
         {"workflows": [{"name": r[0], "result": r[1], "seconds": r[2], "cpu_seconds": r[3], "saved": r[4],
                         "peak_rss_mb_so_far": p} for r, p in zip(rows, peaks)],
@@ -168,28 +177,50 @@ def run_headless(args, rt: Runtime) -> int:
     return 1 if failures else 0
 
 
-def _run_one(h, rt: Runtime, prompt: dict, name: str, setup, out: Path) -> tuple[str, float | None, list[str]]:
-    """Run one workflow: (result, share of model work truncated guidance saved or None, summary lines)."""
+def _run_one(h, rt: Runtime, prompt: dict, name: str, setup, out: Path):
+    """Run one workflow: (result, share of model work truncated guidance saved or None, summary lines,
+    (images of its first node with images, guidance reports in node order, prompt lines))."""
     from .harness import GraphError
     from .workflows import family_models
     from .workflows.convert import apply_overrides
 
-    ckpt, is_demo, size, steps = setup
+    from . import world
+
+    ckpt, is_world, size, steps = setup
     family = family_models.family_of(prompt)
-    if family is not None and not is_demo:
+    if family is not None and not is_world:
         return "skipped", None, [f"needs a {family} model; your --ckpt is an SD1.x checkpoint: load the "
-                                 "workflow in ComfyUI with that family's files"]
+                                 "workflow in ComfyUI with that family's files"], ([], [], [])
     try:
         with family_models.text_encoder_node() if family else contextlib.nullcontext():
             if family:  # the tiny seeded model of that family (devtools/families.py)
                 names = family_models.ensure_files(rt.models, [family])
                 prompt = family_models.with_family_models(prompt, family, names)
+            words = []
+            if family is None and is_world:  # the prompts in the World's words; the shipped file is not touched
+                worded = world.in_world_words(prompt)
+                words = prompt_changes(prompt, worded)
+                prompt = worded
             prompt = apply_overrides(prompt, ckpt=ckpt.name, size=size, max_steps=steps)
             result = h.run(prompt)
     except GraphError as exc:
-        return "FAILED", None, [str(exc)]
-    saved = saved_share(guidance_reports(result.ui, result.messages))
-    return "ok", saved, describe(result.ui, result.messages, out, h.work_dir / "temp", name)
+        return "FAILED", None, [str(exc)], ([], [], [])
+    reports = guidance_reports(result.ui, result.messages)
+    lines = [f"prompt in the World's words: \"{a}\" -> **\"{b}\"**" for a, b in words]
+    notes, images = describe(result.ui, result.messages, out, h.work_dir / "temp", name)
+    in_order = [r for _, r in sorted(reports, key=lambda item: node_order(item[0]))]
+    return "ok", saved_share(reports), lines + notes, (images, in_order, lines)
+
+
+def prompt_changes(before: dict, after: dict) -> list[tuple[str, str]]:
+    """(shipped text, World text) of every text input ``world.in_world_words`` replaced, each pair once."""
+    pairs = []
+    for nid, node in before.items():
+        for key, value in node.get("inputs", {}).items():
+            new = after[nid]["inputs"].get(key)
+            if isinstance(value, str) and new != value and (value, new) not in pairs:
+                pairs.append((value, new))
+    return pairs
 
 
 def _exit(signum, frame):
@@ -204,21 +235,23 @@ def _stop_on_signals(handler=_exit) -> None:
 
 
 def run_ui(args, rt: Runtime) -> int:
+    from .demo_world import UI_STEPS, sd15_workflows, write_ui_copies
     from .server import ComfyServer, prepare_base
 
     _stop_on_signals()
-    ckpt, is_demo = _checkpoint(args, rt)
+    ckpt, is_world = _checkpoint(args, rt)
     base = prepare_base(UI_BASE, [ckpt])
     srv = ComfyServer(rt.python, rt.comfyui, base, port=args.port)
     print(f"demo: starting ComfyUI (log: {srv.log_path}) ...", flush=True)
     try:
         srv.start()
+        copies = None
+        if is_world:  # the copies' steps widgets are found from the node definitions the server serves
+            copies = write_ui_copies(base / "user", sd15_workflows(WORKFLOWS), ckpt.name, srv.get_json("/object_info"))
         print(f"demo: ComfyUI is running at {srv.url} with ShapeFirst and the checkpoint {ckpt.name}"
-              + (" (random weights)." if is_demo else "."))
-        for line in ui_message(sorted(WORKFLOWS.glob("*.json")), base / "models", ckpt, is_demo):
+              + (" (ShapeFirst World)." if is_world else "."))
+        for line in ui_message(sorted(WORKFLOWS.glob("*.json")), base / "models", ckpt, copies, UI_STEPS):
             print(f"demo: {line}")
-        if is_demo:
-            print(f"demo: {RANDOM_WEIGHTS_NOTE}")
         print("demo: Ctrl-C stops ComfyUI.", flush=True)
         while srv.proc.poll() is None:
             time.sleep(1)

@@ -17,10 +17,16 @@ from pathlib import Path
 GUIDANCE_UI = "shapefirst_guidance"  # js/ui_keys.json
 GUIDANCE_EVENT = "shapefirst.guidance"
 DATA_KEYS = ("shapefirst_curves", "shapefirst_attention", "shapefirst_attention_kl")  # payloads with "files"
-RANDOM_WEIGHTS_NOTE = (
-    "The demo checkpoint has RANDOM weights (real SD1.5 architecture, no training): every number, "
-    "curve and timing is real, but the images are noise. For real pictures pass --ckpt with a real "
-    "Stable Diffusion 1.x checkpoint, e.g. v1-5-pruned-emaonly.safetensors."
+WORLD_NOTE = (
+    "The SD1.5 workflows ran on ShapeFirst World, a small SD1.5-format model trained in this repository on "
+    "procedural shapes (8 shapes, 8 colours, 64 px images; docs/world.md), with their prompts put in its words. "
+    "For the paper's own pictures pass --ckpt with a real Stable Diffusion 1.x checkpoint, e.g. "
+    "v1-5-pruned-emaonly.safetensors."
+)
+FAMILIES_NOTE = (
+    "The other families' workflows (SD3.5, Wan, Flux, Qwen-Image) ran on tiny seeded models with RANDOM "
+    "weights (their real architectures, no training): their numbers, curves and timings are real, their images "
+    "are noise."
 )
 
 
@@ -51,14 +57,17 @@ def _guidance_line(node_id: str, r: dict) -> str:
     return line + (f" ({r['note']})" if r.get("note") else "")
 
 
-def describe(ui: dict, messages: list, out: Path, temp_dir: Path, name: str) -> list[str]:
+def describe(ui: dict, messages: list, out: Path, temp_dir: Path, name: str) -> tuple[list[str], list[Path]]:
     """Markdown lines for one workflow's results: its images and data files (relative links; temp
-    previews copied to ``out/previews/<name>/``) and the pack's reports."""
-    notes = []
-    for node_id, payload in sorted(ui.items(), key=lambda item: _node_order(item[0])):
+    previews copied to ``out/previews/<name>/``) and the pack's reports; and the images of its first
+    node that showed any (in ``out``)."""
+    notes, first = [], []
+    for node_id, payload in sorted(ui.items(), key=lambda item: node_order(item[0])):
         for image in payload.get("images", []):
             path = _image_path(image, out, temp_dir, name, node_id)
             notes.append(f"node {node_id}: {_link(out, path, image=True)}")
+            if not first or first[0][0] == node_id:
+                first.append((node_id, path))
         for key in DATA_KEYS:
             for entry in payload.get(key, []):
                 files = [out / f.get("subfolder", "") / f["filename"] for f in entry.get("files", [])]
@@ -71,11 +80,11 @@ def describe(ui: dict, messages: list, out: Path, temp_dir: Path, name: str) -> 
         for table in payload.get("shapefirst_tokens", []):
             rows = sum(len(e.get("rows", [])) for e in table.get("encoders", []))
             notes.append(f"node {node_id}: EOS swap, {rows} token rows; {table.get('title', '')}")
-    reports = sorted(guidance_reports(ui, messages), key=lambda item: _node_order(item[0]))
-    return notes + [_guidance_line(nid, r) for nid, r in reports]
+    reports = sorted(guidance_reports(ui, messages), key=lambda item: node_order(item[0]))
+    return notes + [_guidance_line(nid, r) for nid, r in reports], [path for _, path in first]
 
 
-def _node_order(node_id: str) -> tuple:
+def node_order(node_id: str) -> tuple:
     """Node ids in numeric order ("12:4", a node inside a subgraph, after 12)."""
     return tuple(int(p) if p.isdigit() else 0 for p in str(node_id).split(":"))
 
@@ -91,15 +100,17 @@ def _image_path(image: dict, out: Path, temp_dir: Path, name: str, node_id: str)
     return dest
 
 
-def summary(rows, ckpt: Path, is_demo: bool, mode: str, size, steps, total, peak_mb: float | None) -> str:
-    """summary.md: the settings, the headline saving, a table of the runs and each run's files and reports.
+def summary(rows, ckpt: Path, is_world: bool, mode: str, size, steps, total, peak_mb: float | None,
+            top: list[str] = ()) -> str:
+    """summary.md: the settings, the headline saving, ``top`` (the World's pictures), a table of the runs
+    and each run's files and reports.
 
     ``rows``: (workflow, result, seconds, CPU seconds, saved share or None, notes)."""
     truncated = [(r[0], r[4]) for r in rows if r[4] is not None]
     lines = ["# ShapeFirst demo run", "",
-             f"- checkpoint: {ckpt.name}" + (" (random weights)" if is_demo else ""),
+             f"- checkpoint: {ckpt.name}" + (" (ShapeFirst World, trained on shapes: docs/world.md)" if is_world else ""),
              "- workflows of other model families (SD3.5, Wan, Flux, Qwen-Image): "
-             + ("the tiny seeded models of devtools/families.py (random weights)" if is_demo
+             + ("the tiny seeded models of devtools/families.py (random weights)" if is_world
                 else "skipped (they need that family's files)"),
              f"- mode: {mode}; image size: {size or 'as in each workflow'}; step cap: {steps or 'none'}"
              + ("" if steps is None else "; `--full` runs the paper's step counts"),
@@ -110,9 +121,10 @@ def summary(rows, ckpt: Path, is_demo: bool, mode: str, size, steps, total, peak
         lines += [f"**Truncated guidance** (the paper's eq. 9: guidance only in the first steps) ran in "
                   f"{len(truncated)} workflow(s) and saved up to {100 * best[1]:.1f}% of plain CFG's model work "
                   f"({best[0]}); each workflow's share is in the table, each node's report below.", ""]
-    if is_demo:
-        lines += [f"> {RANDOM_WEIGHTS_NOTE}", ""]
-    lines += ["| workflow | result | seconds | CPU seconds | model work saved by truncated guidance |",
+    if is_world:
+        lines += [f"> {WORLD_NOTE}", ">", f"> {FAMILIES_NOTE}", ""]
+    lines += list(top)
+    lines += ["## Every workflow", "", "| workflow | result | seconds | CPU seconds | model work saved by truncated guidance |",
               "|---|---|---|---|---|"]
     lines += [f"| [{name}](#{name}) | {status} | {secs:.1f} | {cpu:.1f} | "
               f"{'-' if saved is None else f'{100 * saved:.1f}%'} |"
@@ -141,8 +153,11 @@ def workflow_files(path: Path) -> list[tuple[str, str]]:
     return wanted
 
 
-def ui_message(workflows: list[Path], models: Path, ckpt: Path, is_demo: bool) -> list[str]:
-    """What to load in the UI, and which shipped workflows run on the files in ``models``."""
+def ui_message(workflows: list[Path], models: Path, ckpt: Path, world_copies: Path | None = None,
+               ui_steps: int = 20) -> list[str]:
+    """What to load in the UI, and which shipped workflows run on the files in ``models``.
+    ``world_copies``: the folder holding the World's copies of the SD1.x workflows (None: ``ckpt``
+    is the user's own)."""
     ready, choose, missing = [], [], []
     for wf in workflows:
         files = workflow_files(wf)
@@ -156,12 +171,21 @@ def ui_message(workflows: list[Path], models: Path, ckpt: Path, is_demo: bool) -
     lines = ["open a workflow: Workflow > Browse Templates > comfyui-shapefirst."]
     if ready:
         lines.append(f"{len(ready)} workflow(s) run as shipped: {', '.join(ready)}.")
-    if choose:
+    if choose and world_copies is not None:
+        world_names = sorted(p.stem for p in world_copies.glob("*.json"))
+        lines.append(f"{len(world_names)} SD1.5 workflow(s) run on ShapeFirst World ({ckpt.name}, a small model "
+                     "trained on shapes) in seconds each on a CPU: open the Workflows sidebar (press w) > "
+                     f"{world_copies.name}/ (the templates with its checkpoint, 64 x 64 images, the prompts in its "
+                     f"words and at most {ui_steps} steps per sampler; this folder is rewritten at every start, so "
+                     f"save your changes under another name): {', '.join(world_names)}.")
         asked = sorted({name for _, name in choose})
-        lines.append(f"{len(choose)} SD1.x workflow(s) run on {ckpt.name}"
-                     + (" (random weights: the images are noise)" if is_demo else "")
-                     + f": they ask for {', '.join(asked)}; choose {ckpt.name} in their Load Checkpoint node. "
-                     f"They: {', '.join(s for s, _ in choose)}.")
+        lines.append(f"The templates themselves ask for {', '.join(asked)} at 512 px: for the World choose "
+                     f"{ckpt.name} in Load Checkpoint, set 64 x 64 and write in its words (8 shapes, 8 colours, "
+                     "5 places, e.g. \"a red circle above a blue square\"; docs/world.md).")
+    elif choose:
+        asked = sorted({name for _, name in choose})
+        lines.append(f"{len(choose)} SD1.x workflow(s) run on {ckpt.name}: they ask for {', '.join(asked)}; choose "
+                     f"{ckpt.name} in their Load Checkpoint node. They: {', '.join(s for s, _ in choose)}.")
         lines.append("At a workflow's own size and steps (512 px, 50 steps) a CPU takes minutes per sampler: lower "
                      "width, height and steps for a first look.")
     if missing:

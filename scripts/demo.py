@@ -7,9 +7,10 @@
     python3 scripts/demo.py --ckpt PATH     # your own SD1.5 checkpoint
     python3 scripts/demo.py --ui            # ComfyUI at http://127.0.0.1:8188 with the pack
 
-Builds the ComfyUI runtime on first use. Without --ckpt it builds a demo checkpoint of the real
-SD1.5 architecture with RANDOM weights: the mechanics (timings, curves, outputs) are real, the
-pictures are noise. Details: devtools/demo.py.
+Builds the ComfyUI runtime on first use. Without --ckpt the SD1.5 workflows run on ShapeFirst World,
+a small model trained on shapes that ships with the pack (docs/world.md), with their prompts in its
+words; the other families' workflows on tiny random-weight models (their pictures are noise).
+Details: devtools/demo.py.
 """
 
 import sys

@@ -3,11 +3,14 @@
 - ``--help`` of every entry script (scripts/, benchmarks/) answers without building a runtime and
   without importing torch, NumPy or ComfyUI, and shows the defaults;
 - the main job (scripts/demo.py, quick) against an EMPTY models folder ($SHAPEFIRST_MODELS_DIR):
-  every builder a first run needs runs (the SD1.5 demo checkpoint, a family's diffusion model, the
-  VAEs, the family text encoder), and the summary shows what a user reads;
+  every builder a first run needs runs (ShapeFirst World's checkpoint, assembled from the shipped
+  parameters, a family's diffusion model, the VAEs, the family text encoder), the SD1.5 workflows
+  run on the World in its words without touching the shipped files, and the summary shows what a
+  user reads, the World's pictures first;
 - ``--ckpt`` with a user's checkpoint builds nothing and skips the other families' workflows;
-- ``--ui`` from an empty models folder serves the pack and the checkpoint, says what to load, and a
-  SIGTERM to it ends its ComfyUI too;
+- ``--ui`` from an empty models folder serves the pack and the World, writes the World's copies of
+  the SD1.5 workflows where the Workflows sidebar lists them, says what to load, and a SIGTERM to
+  it ends its ComfyUI too;
 - the workflow generator and the benchmarks in their shortest settings.
 CI (.ci/run) starts the same commands from a clean clone with no runtime at all.
 """
@@ -44,8 +47,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
 runpy.run_path(script, run_name="__main__")
 """
 # the first run: an SD1.5 workflow with a temp preview and data files, one whose report comes as an
-# event (the model patch), and a small family (SD3.5) with truncated guidance
-FIRST_RUN = ["fig2_frequency_over_sampling", "everyday_truncated_cfg_model_patch", "sd35_truncated_cfg"]
+# event (the model patch), the [EOS] swap (a picture at the summary's top), and a small family (SD3.5)
+# with truncated guidance
+FIRST_RUN = ["fig2_frequency_over_sampling", "everyday_truncated_cfg_model_patch", "fig4_eos_swap_bird_chair",
+             "sd35_truncated_cfg"]
 
 
 def _env(**extra) -> dict:
@@ -89,20 +94,23 @@ def first_run(runtime_paths, tmp_path_factory) -> dict:
     models, out = tmp_path_factory.mktemp("empty-models"), tmp_path_factory.mktemp("demo-out")
     env = _env(SHAPEFIRST_MODELS_DIR=str(models))
     args = ["scripts/demo.py", "--out", str(out)] + [a for name in FIRST_RUN for a in ("--only", name)]
+    shipped = {p.name: p.read_bytes() for p in paths.WORKFLOWS.iterdir()}
     proc = _run(args, env, timeout=1200)
     host_models = Path(runtime_paths["models"])
-    return {"proc": proc, "out": out, "env": env,
+    return {"proc": proc, "out": out, "env": env, "shipped": shipped,
             "models": models / host_models.name}  # the same host's folder under the empty base
 
 
 def test_main_job_runs_from_an_empty_models_folder(first_run):
     from devtools import checkpoints, families
+    from devtools.world import assemble
 
     stdout, models = first_run["proc"].stdout, first_run["models"]
-    assert "building the random-weight demo checkpoint" in stdout
+    assert "assembling the ShapeFirst World checkpoint" in stdout
     assert f"{len(FIRST_RUN)} of {len(FIRST_RUN)} workflows ran" in stdout
     built = _files(models)
-    assert f"checkpoints/{checkpoints.checkpoint_name('sd15')}" in built
+    assert f"checkpoints/{assemble.file_name('checkpoint')}" in built
+    assert f"checkpoints/{checkpoints.checkpoint_name('sd15')}" not in built  # the random SD1.5 is for tests only
     assert f"diffusion_models/{families.diffusion_model_name('sd3')}" in built
     assert {f"vae/{families.vae_name(v)}" for v in families.VAES} <= built
 
@@ -124,15 +132,33 @@ def test_first_run_summary_shows_the_saving_and_links_only_files_it_kept(first_r
     assert data["peak_rss_mb"] > 0
 
 
-def test_own_checkpoint_builds_nothing_and_skips_other_families(first_run, tmp_path):
-    from devtools import checkpoints
+def test_first_run_shows_the_worlds_pictures_in_its_words_and_leaves_the_shipped_files(first_run):
+    from PIL import Image
 
-    ckpt = first_run["models"] / "checkpoints" / checkpoints.checkpoint_name("sd15")
+    from devtools.demo_highlights import SCALE
+
+    out = first_run["out"]
+    text = (out / ("summary-" + "+".join(sorted(FIRST_RUN)) + ".md")).read_text()
+    assert "shapefirst-world" in text and "ShapeFirst World" in text
+    top = text[text.index("## What ShapeFirst World shows"):text.index("## Every workflow")]
+    pictures = re.findall(r"!\[[^]]*\]\(([^)]+)\)", top)
+    assert pictures == ["highlights/fig4_eos_swap_bird_chair.png"]
+    with Image.open(out / pictures[0]) as strip:  # the four panels (64 px, 8 px apart), enlarged
+        assert strip.size == (SCALE * (4 * 64 + 3 * 8), SCALE * 64)
+    assert '"A blue bird" -> **"a blue circle"**' in top and '"A brown chair" -> **"a red square"**' in top
+    assert {p.name: p.read_bytes() for p in paths.WORKFLOWS.iterdir()} == first_run["shipped"]
+
+
+def test_own_checkpoint_builds_nothing_and_skips_other_families(first_run, tmp_path):
+    from devtools.world import assemble
+
+    ckpt = first_run["models"] / "checkpoints" / assemble.file_name("checkpoint")  # any SD1.x checkpoint
     models, out = tmp_path / "models", tmp_path / "out"
     proc = _run(["scripts/demo.py", "--ckpt", str(ckpt), "--size", "64", "--out", str(out),
                  "--only", "fast_txt2img_truncated_cfg", "--only", "sd35_truncated_cfg"],
                 _env(SHAPEFIRST_MODELS_DIR=str(models)), timeout=600)
-    assert "building" not in proc.stdout
+    assert "building" not in proc.stdout and "assembling" not in proc.stdout
+    assert "World's words" not in (out / "summary-fast_txt2img_truncated_cfg+sd35_truncated_cfg.md").read_text()
     assert "[1/2] fast_txt2img_truncated_cfg ok" in proc.stdout and "[2/2] sd35_truncated_cfg skipped" in proc.stdout
     assert _files(models) == set()
 
@@ -144,6 +170,9 @@ def _get(url: str):
 
 def test_ui_starts_from_an_empty_models_folder_and_sigterm_stops_its_comfyui(runtime_paths, tmp_path):
     import psutil
+
+    from devtools.demo_world import UI_FOLDER, UI_STEPS, sd15_workflows
+    from devtools.world import assemble
 
     port = free_port()
     env = _env(SHAPEFIRST_MODELS_DIR=str(tmp_path / "models"), SHAPEFIRST_UI_DIR=str(tmp_path / "ui"))
@@ -163,9 +192,19 @@ def test_ui_starts_from_an_empty_models_folder_and_sigterm_stops_its_comfyui(run
         spec = _get(f"http://127.0.0.1:{port}/object_info/CheckpointLoaderSimple")[
             "CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"]
         ckpts = spec[0] if isinstance(spec[0], list) else spec[1]["options"]  # newer hosts: a COMBO with options
-        assert any(name.startswith("shapefirst-tiny-sd15") for name in ckpts)
+        assert assemble.file_name("checkpoint") in ckpts
         assert "TruncatedCFGSampler" in _get(f"http://127.0.0.1:{port}/object_info/TruncatedCFGSampler")
+        listed = _get(f"http://127.0.0.1:{port}/api/userdata?dir=workflows&recurse=true")
+        sd15 = sd15_workflows(paths.WORKFLOWS)
+        assert sorted(f"{UI_FOLDER}/{p.name}" for p in sd15) == sorted(n for n in listed if n.startswith(UI_FOLDER))
+        copy = json.loads((tmp_path / "ui" / "user" / "default" / "workflows" / UI_FOLDER /
+                           "fig4_eos_swap_bird_chair.json").read_text())
+        values = {n["type"]: n["widgets_values"] for n in copy["nodes"]}
+        assert values["CheckpointLoaderSimple"] == [assemble.file_name("checkpoint")]
+        assert values["EmptyLatentImage"] == [64, 64, 1] and "a blue circle" in json.dumps(copy)
+        assert values["KSampler"][:4] == [42, "fixed", UI_STEPS, 7.5]  # the shipped 50 steps, capped
         text = "".join(lines)
+        assert f"{len(sd15)} SD1.5 workflow(s) run on ShapeFirst World" in text and f"{UI_FOLDER}/" in text
         assert "v1-5-pruned-emaonly.safetensors" in text and "fig2_frequency_over_sampling" in text
         assert "flux_eos_swap_pooled: diffusion_models/flux1-dev.safetensors" in text
         proc.send_signal(signal.SIGTERM)
@@ -183,7 +222,7 @@ def test_ui_starts_from_an_empty_models_folder_and_sigterm_stops_its_comfyui(run
 
 def test_workflow_generator_from_a_fresh_process(tmp_path):
     _run(["scripts/make_workflows.py", "--out", str(tmp_path)], _env(), timeout=600)
-    assert _files(tmp_path) == _files(paths.WORKFLOWS)
+    assert _files(tmp_path) == {n for n in _files(paths.WORKFLOWS) if n.endswith(".json")}  # and thumbnails
     for name in _files(tmp_path):
         assert (tmp_path / name).read_text() == (paths.WORKFLOWS / name).read_text(), name
 
