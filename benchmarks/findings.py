@@ -80,8 +80,9 @@ def main(args) -> int:
 
         prompts = [t["prompt"] for t in single_prompts(evalset.load(), m.peer_prompts)]
         t = time.perf_counter()
-        lines += findings_peers.run(args.peers, ckpt.name, prompts, findings.SEED, "dpmpp_2m", scheduler, steps,
-                                    windows)
+        with torch.inference_mode():  # as ComfyUI's executor runs every node
+            lines += findings_peers.run(args.peers, ckpt.name, prompts, findings.SEED, "dpmpp_2m", scheduler, steps,
+                                        windows)
         results["seconds"]["peers"] = time.perf_counter() - t
     lines += ["", f"Total {time.perf_counter() - t0:.0f} s."]
     text = "\n".join(lines) + "\n"

@@ -177,8 +177,9 @@ def test_shipped_parameters_are_small_and_mostly_fp16():
 
 
 # Measured on the shipped parameters (docs/world.md): classifier accuracy of the images that
-# KSampler draws for the 16 prompts below; the bars keep a margin under the measured values.
-ACCURACY_BARS = {"shape": 0.0, "colour": 0.0}
+# KSampler draws for the 16 prompts below; the bars keep a margin under the measured values
+# (shape 0.375 = 6 of 16, colour 1.0 = 16 of 16; two images may flip). Random weights give about 1/8.
+ACCURACY_BARS = {"shape": 0.25, "colour": 0.875}
 
 
 def test_the_model_draws_what_it_is_asked_for(comfy, world_models):

@@ -15,7 +15,7 @@ from .findings_swap import print_swap_tables, print_table3, swap_tables, table3
 
 SEED = 20240515
 SECTIONS = ("table1", "table3", "table2", "figures")
-FIGURE_STEPS = {"quick": 12, "full": 50}
+FIGURE_STEPS = {"quick": 12, "full": 25}
 
 
 def mode(quick: bool):

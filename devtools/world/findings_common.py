@@ -27,12 +27,12 @@ class Mode:
     peer_prompts: int
 
 
-QUICK = Mode("quick", pairs_per_kind=2, prompts=4, samples=2, steps=12, sweep_prompts=2,
-             sweep_windows={"dpmpp_2m": ("karras", 25, [10, 25])}, figure_prompts=1, peer_prompts=2)
-FULL = Mode("full", pairs_per_kind=12, prompts=16, samples=2, steps=20, sweep_prompts=8,
+QUICK = Mode("quick", pairs_per_kind=2, prompts=2, samples=2, steps=10, sweep_prompts=1,
+             sweep_windows={"dpmpp_2m": ("karras", 25, [10, 25])}, figure_prompts=1, peer_prompts=1)
+FULL = Mode("full", pairs_per_kind=8, prompts=8, samples=2, steps=12, sweep_prompts=3,
             sweep_windows={"ddim": ("ddim_uniform", 50, [10, 20, 30, 40, 50]),
                            "dpmpp_2m": ("karras", 25, [5, 10, 15, 20, 25])},
-            figure_prompts=4, peer_prompts=4)
+            figure_prompts=4, peer_prompts=2)
 
 
 def pick(items: list, n: int) -> list:
