@@ -180,17 +180,16 @@ def run_headless(args, rt: Runtime) -> int:
 def _run_one(h, rt: Runtime, prompt: dict, name: str, setup, out: Path):
     """Run one workflow: (result, share of model work truncated guidance saved or None, summary lines,
     (images of its first node with images, guidance reports in node order, prompt lines))."""
+    from . import world
     from .harness import GraphError
     from .workflows import family_models
     from .workflows.convert import apply_overrides
 
-    from . import world
-
     ckpt, is_world, size, steps = setup
     family = family_models.family_of(prompt)
     if family is not None and not is_world:
-        return "skipped", None, [f"needs a {family} model; your --ckpt is an SD1.x checkpoint: load the "
-                                 "workflow in ComfyUI with that family's files"], ([], [], [])
+        return "skipped", None, [(f"needs a {family} model; your --ckpt is an SD1.x checkpoint: load the "
+                                  "workflow in ComfyUI with that family's files")], ([], [], [])
     try:
         with family_models.text_encoder_node() if family else contextlib.nullcontext():
             if family:  # the tiny seeded model of that family (devtools/families.py)
@@ -247,7 +246,8 @@ def run_ui(args, rt: Runtime) -> int:
         srv.start()
         copies = None
         if is_world:  # the copies' steps widgets are found from the node definitions the server serves
-            copies = write_ui_copies(base / "user", sd15_workflows(WORKFLOWS), ckpt.name, srv.get_json("/object_info"))
+            info = srv.get_json("/object_info")
+            copies = write_ui_copies(base / "user", sd15_workflows(WORKFLOWS), ckpt.name, info)
         print(f"demo: ComfyUI is running at {srv.url} with ShapeFirst and the checkpoint {ckpt.name}"
               + (" (ShapeFirst World)." if is_world else "."))
         for line in ui_message(sorted(WORKFLOWS.glob("*.json")), base / "models", ckpt, copies, UI_STEPS):

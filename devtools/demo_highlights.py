@@ -17,16 +17,16 @@ GAP = 4  # px between the panels of a strip (before enlarging)
 # (workflow, heading, what the picture shows: the paper's claim, not a result on this model)
 HIGHLIGHTS = (
     ("fast_txt2img_truncated_cfg", "Shapes from text",
-     "What the World draws for the prompt below, with truncated guidance (how often it draws the named "
-     "shape, colour and place is measured in docs/world.md)."),
+     ("What the World draws for the prompt below, with truncated guidance (how often it draws the named "
+      "shape, colour and place is measured in docs/world.md).")),
     ("fig4_eos_swap_bird_chair", "The [EOS] swap (the paper's Fig. 4)",
-     "Left to right: prompt A, prompt B, A's tokens with B's [EOS], B's tokens with A's [EOS] (same seed). "
-     "The paper finds that the swapped images follow the prompt that gave the [EOS] (its shape), while "
-     "attributes of the other prompt may leak through; docs/world.md says how far this model follows."),
+     ("Left to right: prompt A, prompt B, A's tokens with B's [EOS], B's tokens with A's [EOS] (same seed). "
+      "The paper finds that the swapped images follow the prompt that gave the [EOS] (its shape), while "
+      "attributes of the other prompt may leak through; docs/world.md says how far this model follows.")),
     ("fig10_table2_truncation_sweep", "Truncated guidance beside plain CFG (the paper's Fig. 10 / Table 2)",
-     "Left to right: guidance removed from the last a steps, a growing from 0 (plain CFG, the first image) "
-     "to every step (no text at all). The paper finds the image nearly unchanged while a stays in the "
-     "second (detail) stage."),
+     ("Left to right: guidance removed from the last a steps, a growing from 0 (plain CFG, the first image) "
+      "to every step (no text at all). The paper finds the image nearly unchanged while a stays in the "
+      "second (detail) stage.")),
 )
 
 

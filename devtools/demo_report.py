@@ -174,7 +174,8 @@ def ui_message(workflows: list[Path], models: Path, ckpt: Path, world_copies: Pa
     if choose and world_copies is not None:
         world_names = sorted(p.stem for p in world_copies.glob("*.json"))
         lines.append(f"{len(world_names)} SD1.5 workflow(s) run on ShapeFirst World ({ckpt.name}, a small model "
-                     "trained on shapes) in seconds each on a CPU: open the Workflows sidebar (press w) > "
+                     "trained on shapes), each in seconds to half a minute on a CPU: open the Workflows sidebar "
+                     "(press w) > "
                      f"{world_copies.name}/ (the templates with its checkpoint, 64 x 64 images, the prompts in its "
                      f"words and at most {ui_steps} steps per sampler; this folder is rewritten at every start, so "
                      f"save your changes under another name): {', '.join(world_names)}.")

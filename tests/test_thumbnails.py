@@ -19,9 +19,9 @@ from devtools import paths
 from devtools.demo_world import SD15_CHECKPOINT, is_sd15, sd15_workflows, world_copy
 
 PIL = pytest.importorskip("PIL")
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from devtools import thumbnails  # noqa: E402
+from devtools import thumbnails
 
 SD15 = sd15_workflows(paths.WORKFLOWS)
 MAX_BYTES = 24 * 1024

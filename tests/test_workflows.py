@@ -60,12 +60,19 @@ def test_shipped_nodes_do_not_overlap(path):
 
 @pytest.mark.comfy
 def test_real_server_lists_every_shipped_workflow_once(runtime_paths, comfy, tmp_path):
-    """GET /workflow_templates of a real ComfyUI server (main.py) lists each shipped file once."""
+    """GET /workflow_templates of a real ComfyUI server (main.py) lists each shipped file once, and the
+    server hands out a workflow and its thumbnail where the template browser asks (<name>.jpg)."""
+    import urllib.request
+
+    thumb = SHIPPED[0].with_suffix(".jpg")
     with ComfyServer(runtime_paths["python"], runtime_paths["comfyui"], prepare_base(tmp_path, [])) as srv:
         listed = srv.get_json("/workflow_templates").get(paths.PACK_DIR_NAME)
         served = srv.get_json(f"/api/workflow_templates/{paths.PACK_DIR_NAME}/{SHIPPED[0].name}")
+        with urllib.request.urlopen(f"{srv.url}/api/workflow_templates/{paths.PACK_DIR_NAME}/{thumb.name}") as r:
+            picture = r.read()
     assert sorted(listed or []) == [p.stem for p in SHIPPED]
     assert served == json.loads(SHIPPED[0].read_text())
+    assert picture == thumb.read_bytes()
 
 
 SAVE_NODES = ("SaveImage", "SaveAnimatedWEBP")
