@@ -66,10 +66,7 @@ def main(args) -> int:
     t0 = time.perf_counter()
     results = findings.measure(harness, ckpt, out, args.quick, args.servers, args.only,
                                log=lambda s: print(s, flush=True))
-    lines = [f"# ShapeFirst World: the paper's findings ({results['mode']} mode)", "",
-             f"Checkpoint {ckpt.name}; seconds per section: "
-             + ", ".join(f"{k} {v:.0f}" for k, v in results["seconds"].items())]
-    lines += findings.report(results)
+    lines = findings.report(results)
     if args.peers and "table2" in args.only:
         import findings_peers
 
@@ -84,6 +81,9 @@ def main(args) -> int:
             lines += findings_peers.run(args.peers, ckpt.name, prompts, findings.SEED, "dpmpp_2m", scheduler, steps,
                                         windows)
         results["seconds"]["peers"] = time.perf_counter() - t
+    lines = [f"# ShapeFirst World: the paper's findings ({results['mode']} mode)", "",
+             f"Checkpoint {ckpt.name}; seconds per section: "
+             + ", ".join(f"{k} {v:.0f}" for k, v in results["seconds"].items())] + lines
     lines += ["", f"Total {time.perf_counter() - t0:.0f} s."]
     text = "\n".join(lines) + "\n"
     (out / "report.md").write_text(text)

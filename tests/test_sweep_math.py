@@ -206,7 +206,9 @@ def test_a_metric_is_added_in_one_place(tmp_path, monkeypatch):
     assert {m.column.key: why for m, why in left_out} == {
         "image_clip": "no --clip-vision given (a CLIP vision model ComfyUI's CLIPVisionLoader can load)",
         "text_clip": "no --clip-hf given (a local transformers CLIP folder with both towers)",
-        "fid": "no --fid-weights given (the Inception weights file of torchmetrics' FID)"}
+        "fid": "no --fid-weights given (the Inception weights file of torchmetrics' FID)",
+        "toy_image": "no --toy-clip given (the parameter folder of ShapeFirst World, devtools/world/params)",
+        "toy_text": "no --toy-clip given (the parameter folder of ShapeFirst World, devtools/world/params)"}
 
     (tmp_path / "images").mkdir()
     records = {}

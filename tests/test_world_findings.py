@@ -117,7 +117,7 @@ def test_the_sweeps_toy_clip_metric_scores_images_of_the_world(tmp_path):
     for k, shape in enumerate(SHAPES):
         scene = single(7, k, shape, "red")
         image = render(scene).astype(np.float32) / 255
-        item = sweep_metrics.Item(image, image, scene["caption"], "ref")
+        item = sweep_metrics.Item(image, image, scene["caption"], f"reference {k}")
         assert scorers["toy_image"].score(item) == pytest.approx(1.0, abs=1e-4)
         own.append(scorers["toy_text"].score(item))
         other.append(scorers["toy_text"].score(sweep_metrics.Item(image, None, f"a red {SHAPES[k - 1]}")))
