@@ -29,8 +29,9 @@ if REPO not in sys.path:
 
 from devtools import paths  # noqa: E402
 
-# fixtures of the tiny model families (SD3, Wan, ...): tests/families_fixtures.py
-pytest_plugins = ["families_fixtures"]
+# fixtures of the tiny model families (SD3, Wan, ...): tests/families_fixtures.py; the guidance events sent
+# to the browser: tests/guidance_events.py
+pytest_plugins = ["families_fixtures", "guidance_events"]
 
 
 @pytest.fixture(scope="session")

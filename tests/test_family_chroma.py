@@ -22,8 +22,6 @@ from tiny_files import clip_node, detected, graph, loaded_as_saved, meta_state_d
 pytestmark = pytest.mark.comfy
 
 STEPS, CFG = 2, 3.5
-CAPTURE = {"record_uncond": True, "step_stride": 1, "max_tokens": 77, "max_grid": 64, "keep_layers": True,
-           "memory_limit_mb": 1024.0}
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +32,6 @@ def chroma(comfy, runtime_paths):
         yield graph(name, tiny_chroma.LATENT), replaced
 
 
-def _pack(module: str):
-    import importlib
-
-    import nodes
-
-    base = nodes.NODE_CLASS_MAPPINGS["TruncatedCFGSampler"].__module__.rsplit(".", 1)[0]
-    return importlib.import_module(f"{base}.{module}")
-
-
 def test_core_detection_of_a_real_size_chroma_picks_the_described_network(comfy):
     import comfy.model_patcher as mp
     import comfy.supported_models as sm
@@ -51,7 +40,7 @@ def test_core_detection_of_a_real_size_chroma_picks_the_described_network(comfy)
     assert name == "Chroma" and config["hidden_dim"] == 5120 and config["hidden_size"] == 3072
     model = sm.Chroma(config).get_model({}, device="meta")
     patcher = mp.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
-    network = _pack("model_families").describe(patcher)
+    network = checks.pack_module("model_families").describe(patcher)
     assert network.family is not None and network.family.name == "Chroma"
     assert network.why_not("capture") is None and network.why_not("truncation") is None
 
@@ -93,29 +82,8 @@ def test_capture_equals_the_renormalised_block_of_each_joint_softmax(comfy, chro
     """q and k as each joint call hands them to attention (after the q/k norms and RoPE), read by the test's
     own attention override installed first (the capture chains it); sampling with the capture is
     bit-identical to sampling without it."""
-    import comfy.sample as comfy_sample
-    import nodes
-
-    r = comfy.run(chroma[0], outputs=["1", "2", "3", "4"])
-    model, pos, neg = r.output_value("1", 0), r.output_value("2"), r.output_value("3")
-    seen = []
-
-    def observe(func, *args, **kwargs):
-        to = kwargs["transformer_options"]
-        seen.append((list(to["cond_or_uncond"]), f"{to['block_type']}.{to['block_index']}", args[0].double().clone(),
-                     args[1].double().clone()))
-        return func(*args, **kwargs)
-
-    first = model.clone()
-    first.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = observe
-    captured, rec = nodes.NODE_CLASS_MAPPINGS["AttentionMapCapture"].execute(first, **CAPTURE).args
-    latent = r.output_value("4")["samples"]
-    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(2))
-    a = comfy_sample.sample(captured, noise, STEPS, CFG, "euler", "simple", pos, neg, latent, seed=1, disable_pbar=True)
-    b = comfy_sample.sample(model, noise, STEPS, CFG, "euler", "simple", pos, neg, latent, seed=1, disable_pbar=True)
-    assert torch.equal(a, b)
-
-    run, texts = rec.run, {0: pos[0][0].shape[1], 1: neg[0][0].shape[1]}
+    run, pos, neg, seen = checks.capture_beside_joint_calls(comfy, chroma[0], STEPS, CFG, checks.CAPTURE)
+    texts = {0: pos[0][0].shape[1], 1: neg[0][0].shape[1]}
     assert run.model_kind == "joint" and run.grid == (4, 4) and run.token_count == texts
     assert sorted(run.layer_names) == ["double.0", "single.0"]
     assert len(seen) == STEPS * 2 * 2  # per step: cond and uncond (separate calls), a double and a single block

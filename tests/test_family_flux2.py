@@ -47,21 +47,13 @@ def flux2(comfy, runtime_paths):
         yield tiny_flux2.graph(name), native, replaced
 
 
-def _pack(module: str):
-    import importlib
-
-    import nodes
-
-    base = nodes.NODE_CLASS_MAPPINGS["TruncatedCFGSampler"].__module__.rsplit(".", 1)[0]
-    return importlib.import_module(f"{base}.{module}")
-
-
 def _describe(config_class, unet):
     import comfy.model_patcher as mp
     import comfy.supported_models as sm
 
     model = getattr(sm, config_class)(unet).get_model({}, device="meta")
-    return _pack("model_families").describe(mp.ModelPatcher(model, torch.device("cpu"), torch.device("cpu")))
+    patcher = mp.ModelPatcher(model, torch.device("cpu"), torch.device("cpu"))
+    return checks.pack_module("model_families").describe(patcher)
 
 
 def test_real_size_flux2_layouts_as_core_detects_them(comfy):
@@ -98,7 +90,7 @@ def test_core_loader_builds_the_tiny_flux2(comfy, flux2):
     assert replaced == ([] if native else ["Flux2"])
     assert type(model.model).__name__ == "Flux2" and type(model.model.diffusion_model).__name__ == "Flux"
     assert loaded_as_saved(model, sd)
-    network = _pack("model_families").describe(model)
+    network = checks.pack_module("model_families").describe(model)
     assert network.label == "Flux 2, Flux" and network.family.joint.order == ("text", "image")
 
 
@@ -123,29 +115,8 @@ def test_capture_equals_the_renormalised_block_of_each_joint_softmax(comfy, flux
     """q and k as each joint call hands them to attention (after the q/k norms and RoPE), read by the test's
     own attention override installed first (the capture chains it): the text keys are the 512 rows core
     front-pads the context to, the prompt's own rows last."""
-    import comfy.sample as comfy_sample
-    import nodes
-
-    r = comfy.run(flux2[0], outputs=["1", "2", "3", "4"])
-    model, pos, neg = r.output_value("1", 0), r.output_value("2"), r.output_value("3")
-    seen = []
-
-    def observe(func, *args, **kwargs):
-        to = kwargs["transformer_options"]
-        seen.append((list(to["cond_or_uncond"]), f"{to['block_type']}.{to['block_index']}", args[0].double().clone(),
-                     args[1].double().clone()))
-        return func(*args, **kwargs)
-
-    first = model.clone()
-    first.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = observe
-    captured, rec = nodes.NODE_CLASS_MAPPINGS["AttentionMapCapture"].execute(first, **CAPTURE).args
-    latent = r.output_value("4")["samples"]
-    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(2))
-    a = comfy_sample.sample(captured, noise, STEPS, CFG, "euler", "simple", pos, neg, latent, seed=1, disable_pbar=True)
-    b = comfy_sample.sample(model, noise, STEPS, CFG, "euler", "simple", pos, neg, latent, seed=1, disable_pbar=True)
-    assert torch.equal(a, b)
-
-    run, text = rec.run, tiny_flux2.TEXT_ROWS
+    run, _, _, seen = checks.capture_beside_joint_calls(comfy, flux2[0], STEPS, CFG, CAPTURE)
+    text = tiny_flux2.TEXT_ROWS
     assert run.model_kind == "joint" and run.grid == (4, 4) and run.token_count == {0: text, 1: text}
     assert sorted(run.layer_names) == ["double.0", "single.0"]
     assert len(seen) == STEPS * 2  # per step: one call of cond and uncond, a double and a single block

@@ -20,14 +20,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-import text_encoders
-from loaded_family_checks import (check_joint_refusals, check_truncated_window, check_window_over_all_steps_is_core,
-                                  graph)
+from family_checks import (held_graph, joint_refusals, pack_module, truncated_window_rows_and_eq9,
+                           window_over_all_steps_is_core)
+from guidance_events import reports
 from test_families import _count_rows
-from test_truncated_cfg_model import browser_events, reports  # noqa: F401 (browser_events: autouse, the reports)
-from tiny_loaded import detected_on_meta, register_held_models, tiny_model, unregister_held_models
+from tiny_loaded import detected_on_meta, held, tiny_model
 
-pytestmark = pytest.mark.comfy
+pytestmark = [pytest.mark.comfy, pytest.mark.usefixtures("browser_events")]
 
 WIDTH, POOLED, TOKENS = 64, (32, 32), 8
 TINY = {"image_model": "hidream", "attention_head_dim": 128, "axes_dims_rope": [64, 32, 32],
@@ -64,20 +63,8 @@ def hidream_clip(seed=405):
 @pytest.fixture(scope="module")
 def hidream(comfy):
     model = tiny_model("HiDream", TINY, seed=405)
-    register_held_models(hidream=model)
-    text_encoders.register_held_clips(hidream=hidream_clip())
-    yield model
-    unregister_held_models()
-    text_encoders.unregister_held_clips()
-
-
-def _pack(name: str):
-    import importlib
-
-    import nodes
-
-    base = nodes.NODE_CLASS_MAPPINGS["TruncatedCFGSampler"].__module__.rsplit(".", 1)[0]
-    return importlib.import_module(f"{base}.{name}")
+    with held(models={"hidream": model}, clips={"hidream": hidream_clip()}):
+        yield model
 
 
 def test_core_detects_hidream_and_the_description_reads_it(comfy, hidream):
@@ -86,9 +73,9 @@ def test_core_detects_hidream_and_the_description_reads_it(comfy, hidream):
     found, config = detected_on_meta("HiDream", REAL)
     assert found == "HiDream" and config == REAL
     assert type(hidream.model.model_config).__name__ == "HiDream"
-    network = _pack("model_families").describe(hidream)
+    network = pack_module("model_families").describe(hidream)
     assert network.family.name == "HiDream" and network.why_not("truncation") is None
-    check_joint_refusals(hidream, "HiDream, HiDreamImageTransformer2DModel")
+    joint_refusals(hidream, "HiDream, HiDreamImageTransformer2DModel")
     with pytest.raises(ValueError, match=r"^AttentionMapCapture: Attention Map Capture does not apply to this model "
                                          r"\(HiDream, HiDreamImageTransformer2DModel\): its joint attention puts the "
                                          r"image tokens first and then the rows of two text encoders .*Connect an "):
@@ -100,9 +87,9 @@ def test_core_detects_hidream_and_the_description_reads_it(comfy, hidream):
 def test_ksampler_truncation_is_core_over_all_steps_and_eq9_in_a_window(comfy, hidream):
     """The I1 templates: KSampler cfg 5. T5 and Llama rows padded to the same length: core batches cond and
     uncond into one call of 2 rows on the guided step, the uncond row alone after."""
-    g = graph("hidream", "hidream")
-    check_window_over_all_steps_is_core(comfy, g, cfg=5.0)
-    check_truncated_window(comfy, g, expected_calls=[2, 1])
+    g = held_graph("hidream", "hidream")
+    window_over_all_steps_is_core(comfy, g, cfg=5.0)
+    truncated_window_rows_and_eq9(comfy, g, expected_calls=[2, 1])
 
 
 def _dual(g, model, name, cfg1, cfg2, style):
@@ -117,7 +104,7 @@ def _dual(g, model, name, cfg1, cfg2, style):
 
 
 def _dual_graph(window: dict) -> dict:
-    g = graph("hidream", "hidream", prompt=PROMPTS["2"], negative=PROMPTS["3"])
+    g = held_graph("hidream", "hidream", prompt=PROMPTS["2"], negative=PROMPTS["3"])
     g["13"] = {"class_type": "CLIPTextEncode", "inputs": {"text": PROMPTS["13"], "clip": ["9", 0]}}
     g["n"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": 5}}
     g["k"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}

@@ -31,15 +31,6 @@ def hv15(comfy, runtime_paths):
         yield graph(name, tiny_hv15.LATENT, prompt=PROMPT)
 
 
-def _pack(module: str):
-    import importlib
-
-    import nodes
-
-    base = nodes.NODE_CLASS_MAPPINGS["TruncatedCFGSampler"].__module__.rsplit(".", 1)[0]
-    return importlib.import_module(f"{base}.{module}")
-
-
 def test_core_detects_and_loads_the_file_as_hunyuan_video_15(comfy, hv15, runtime_paths):
     import comfy.utils as comfy_utils
     import folder_paths
@@ -63,7 +54,7 @@ def test_the_description_reads_the_joint_order_from_the_network(comfy, hv15):
 
     r = comfy.run(hv15, outputs=["1", "2", "3", "4"])
     model = r.output_value("1", 0)
-    network = _pack("model_families").describe(model)
+    network = checks.pack_module("model_families").describe(model)
     block = network.net.double_blocks[0]
     flipped = getattr(block, "flipped_img_txt", None)
     assert network.family.name == "HunyuanVideo 1.5" and network.label == "HunyuanVideo 1.5, HunyuanVideo"
@@ -117,14 +108,12 @@ def test_text_cache_kv_patch_and_capture_are_refused_with_the_reason(comfy, hv15
     import nodes
 
     model = comfy.run(hv15, outputs=["1"]).output_value("1", 0)
-    label = r"HunyuanVideo 1\.5, HunyuanVideo"
-    checks.joint_refusals(model, label)
-    with pytest.raises(ValueError, match=rf"^AttentionMapCapture: Attention Map Capture does not apply to this model "
-                                         rf"\({label}\): its joint text holds the image prompt's and the quoted "
-                                         r"text's \(glyph\) tokens .*\. Connect an .* model\.$"):
-        nodes.NODE_CLASS_MAPPINGS["AttentionMapCapture"].execute(model, **{
-            "record_uncond": True, "step_stride": 1, "max_tokens": 77, "max_grid": 64, "keep_layers": True,
-            "memory_limit_mb": 1024.0})
+    checks.joint_refusals(model, "HunyuanVideo 1.5, HunyuanVideo")
+    with pytest.raises(ValueError, match=r"^AttentionMapCapture: Attention Map Capture does not apply to this model "
+                                         r"\(HunyuanVideo 1\.5, HunyuanVideo\): its joint text holds the image "
+                                         r"prompt's and the quoted text's \(glyph\) tokens .*\. Connect an .* "
+                                         r"model\.$"):
+        nodes.NODE_CLASS_MAPPINGS["AttentionMapCapture"].execute(model, **checks.CAPTURE)
 
 
 def test_eos_swap_refuses_hunyuan_video_15_s_tokenizer_with_the_reason(comfy, hv15):

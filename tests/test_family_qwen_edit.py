@@ -22,11 +22,10 @@ import pytest
 import torch
 
 import text_encoders
-from loaded_family_checks import (CAPTURE, check_class_shares, check_joint_refusals, check_truncated_window,
-                                  check_window_over_all_steps_is_core, graph, ksampler, renormalised_block,
-                                  template_roles, view)
-from tiny_loaded import (register_held_latents, register_held_models, tiny_model, unregister_held_latents,
-                         unregister_held_models)
+from family_checks import (capture_while_watched, check_maps_and_view_roles, held_graph, joint_refusals, ksampler,
+                           pack_module, renormalised_block, truncated, truncated_window_rows_and_eq9,
+                           window_over_all_steps_is_core)
+from tiny_loaded import held, tiny_model
 
 pytestmark = pytest.mark.comfy
 
@@ -39,18 +38,14 @@ N_IMG, N_REF = 16, 36  # 64 px image, 96 px reference: (8 / 2)^2, (12 / 2)^2 tok
 def qwen_edit(comfy):
     model = tiny_model("QwenImage", TINY, seed=406)
     reference = torch.randn(1, 16, 1, 12, 12, generator=torch.Generator().manual_seed(3))  # a Wan 2.1 VAE latent
-    register_held_models(qwen_edit=model)
-    register_held_latents(reference={"samples": reference})
-    text_encoders.register_held_clips(qwen_image=text_encoders.qwen_image())
-    yield model
-    unregister_held_models()
-    unregister_held_latents()
-    text_encoders.unregister_held_clips()
+    with held(models={"qwen_edit": model}, clips={"qwen_image": text_encoders.qwen_image()},
+              latents={"reference": {"samples": reference}}):
+        yield model
 
 
 def _edit_graph(prompt="make the cat blue", negative="", negative_reference=True) -> dict:
-    """graph() with core ReferenceLatent on the prompt (and on the negative, as core's templates do)."""
-    g = graph("qwen_edit", "qwen_image", prompt=prompt, negative=negative)
+    """held_graph() with core ReferenceLatent on the prompt (and on the negative, as core's templates do)."""
+    g = held_graph("qwen_edit", "qwen_image", prompt=prompt, negative=negative)
     g["12"], g["13"] = g["2"], g["3"]
     g["14"] = {"class_type": "ShapeFirstTestHeldLatent", "inputs": {"name": "reference"}}
     g["2"] = {"class_type": "ReferenceLatent", "inputs": {"conditioning": ["12", 0], "latent": ["14", 0]}}
@@ -60,16 +55,11 @@ def _edit_graph(prompt="make the cat blue", negative="", negative_reference=True
 
 
 def test_the_description_reads_the_edit_model_as_qwen_image(comfy, qwen_edit):
-    import importlib
-
-    import nodes
-
-    base = nodes.NODE_CLASS_MAPPINGS["TruncatedCFGSampler"].__module__.rsplit(".", 1)[0]
-    network = importlib.import_module(f"{base}.model_families").describe(qwen_edit)
+    network = pack_module("model_families").describe(qwen_edit)
     assert network.family.name == "Qwen-Image" and type(qwen_edit.model).__name__ == "QwenImage"
     for feature in ("truncation", "capture"):
         assert network.why_not(feature) is None, feature
-    check_joint_refusals(qwen_edit, "Qwen-Image, QwenImageTransformer2DModel")
+    joint_refusals(qwen_edit, "Qwen-Image, QwenImageTransformer2DModel")
     r = comfy.run(_edit_graph(), outputs=["2", "3"])
     for node in ("2", "3"):  # core's ReferenceLatent put the reference on both prompts
         (ref,) = r.output_value(node)[0][1]["reference_latents"]
@@ -78,20 +68,20 @@ def test_the_description_reads_the_edit_model_as_qwen_image(comfy, qwen_edit):
 
 def test_truncated_guidance_with_reference_latents_is_core_and_eq9(comfy, qwen_edit):
     g = _edit_graph()
-    r = check_window_over_all_steps_is_core(comfy, g)
+    r = window_over_all_steps_is_core(comfy, g)
     # the reference acts: the same graph without it samples another image
-    plain = comfy.run({**graph("qwen_edit", "qwen_image", prompt="make the cat blue"), "5": ksampler(steps=2)},
+    plain = comfy.run({**held_graph("qwen_edit", "qwen_image", prompt="make the cat blue"), "5": ksampler(steps=2)},
                       outputs=["5"])
     assert (plain.output_value("5")["samples"] - r.output_value("5")["samples"]).abs().max() > 1e-4
     # prompts of different token counts: separate calls, cond and uncond on the guided step, uncond after
-    check_truncated_window(comfy, g, expected_calls=[1, 1, 1])
+    truncated_window_rows_and_eq9(comfy, g, expected_calls=[1, 1, 1])
 
 
 def test_capture_reads_text_and_image_tokens_and_leaves_the_references_out(comfy, qwen_edit, monkeypatch):
     import comfy.ldm.qwen_image.model as qwen
 
     original = qwen.apply_rope1
-    seen, contexts = [], []
+    seen = []
 
     def apply_rope1(x, freqs):
         out = original(x, freqs)
@@ -99,23 +89,9 @@ def test_capture_reads_text_and_image_tokens_and_leaves_the_references_out(comfy
         return out
 
     prompt = "make the cat blue"
-    g = _edit_graph(prompt)
-    loaders = dict(g)
-    g["5"] = {"class_type": "AttentionMapCapture", "inputs": {"model": ["1", 0], **CAPTURE}}
-    g["7"] = ksampler(model=("5", 0), steps=1)
-    r0 = comfy.run(loaders, outputs=["2", "3"])
-    positive, negative = r0.output_value("2")[0][0], r0.output_value("3")[0][0]
-    dm = qwen_edit.model.diffusion_model
-    handle = dm.txt_norm.register_forward_hook(lambda m, i, o: contexts.append(i[0].detach().double().clone()))
-    monkeypatch.setattr(qwen, "apply_rope1", apply_rope1)
-    try:
-        r = comfy.run(g, fresh_cache=False, outputs=["7"])
-    finally:
-        handle.remove()
-        monkeypatch.undo()
-    captured, capture = r.output_value("7")["samples"], r.output_value("5", 1)  # before the next run's cache
-    plain = comfy.run({**loaders, "6": ksampler(steps=1)}, fresh_cache=False, outputs=["6"])
-    assert torch.equal(captured, plain.output_value("6")["samples"])
+    capture, positive, negative, contexts = capture_while_watched(
+        comfy, _edit_graph(prompt), qwen_edit.model.diffusion_model.txt_norm, [(qwen, "apply_rope1", apply_rope1)],
+        monkeypatch)
     run = capture.run
     lengths = {0: positive.shape[1], 1: negative.shape[1]}
     assert lengths[0] != lengths[1]
@@ -133,21 +109,14 @@ def test_capture_reads_text_and_image_tokens_and_leaves_the_references_out(comfy
         ref = want[0].transpose(0, 1).reshape(text, 4, 4)
         assert torch.allclose(got, ref, rtol=1e-3, atol=2e-5), (branch, (got - ref).abs().max())
         assert share.max() < 0.99
-    sums = run.maps[0][0].float().sum(1)
-    assert torch.allclose(sums, torch.ones_like(sums), atol=2e-3)
-    # the view's token roles against core's encode (Qwen-Image cuts the template's prefix from its rows)
-    clip = text_encoders.HeldCLIP.CLIPS["qwen_image"]
-    roles = template_roles(clip, prompt, keep_prefix=False)
-    assert len(roles) == lengths[0]
-    check_class_shares(run, view(capture, clip, prompt), roles)
+    # Qwen-Image cuts the chat template's prefix from its rows
+    check_maps_and_view_roles(capture, text_encoders.HeldCLIP.CLIPS["qwen_image"], prompt, False, lengths[0])
 
 
 def test_a_negative_without_the_references_is_warned_about_when_the_tail_keeps_it(comfy, qwen_edit, caplog):
     """A negative without the input image's reference latents (plain CLIPTextEncode, ConditioningZeroOut):
     the uncond tail would sample without the input image. One warning naming the fix; none with the
     references on both prompts (core's templates) or with the cond tail."""
-    from loaded_family_checks import truncated
-
     def warnings(g, tail):
         g["6"] = truncated(steps=2, window={"guidance_start": 0.0, "guidance_end": 0.5, "tail": tail,
                                             "window": "fixed", "adaptive_threshold": 0.1})

@@ -19,10 +19,9 @@ import pytest
 import torch
 
 import text_encoders
-from loaded_family_checks import (CAPTURE, check_class_shares, check_joint_refusals, check_truncated_window,
-                                  check_window_over_all_steps_is_core, graph, ksampler, renormalised_block,
-                                  template_roles, view)
-from tiny_loaded import detected_on_meta, register_held_models, tiny_model, unregister_held_models
+from family_checks import (capture_while_watched, check_maps_and_view_roles, held_graph, joint_refusals, pack_module,
+                           renormalised_block, truncated_window_rows_and_eq9, window_over_all_steps_is_core)
+from tiny_loaded import detected_on_meta, held, tiny_model
 
 pytestmark = pytest.mark.comfy
 
@@ -38,27 +37,15 @@ REAL = {**TINY, "dim": 3840, "n_heads": 30, "n_kv_heads": 30, "n_layers": 30, "c
 @pytest.fixture(scope="module")
 def zimage(comfy):
     model = tiny_model("ZImage", TINY, seed=404)
-    register_held_models(zimage=model)
-    text_encoders.register_held_clips(z_image=text_encoders.z_image())
-    yield model
-    unregister_held_models()
-    text_encoders.unregister_held_clips()
-
-
-def _pack(name: str):
-    import importlib
-
-    import nodes
-
-    base = nodes.NODE_CLASS_MAPPINGS["TruncatedCFGSampler"].__module__.rsplit(".", 1)[0]
-    return importlib.import_module(f"{base}.{name}")
+    with held(models={"zimage": model}, clips={"z_image": text_encoders.z_image()}):
+        yield model
 
 
 def test_core_detects_the_real_layout_as_z_image_and_the_description_reads_it(zimage):
     found, config = detected_on_meta("ZImage", REAL)
     assert found == "ZImage" and config["pad_tokens_multiple"] == PAD and config["dim"] == 3840
     assert type(zimage.model.model_config).__name__ == "ZImage"
-    network = _pack("model_families").describe(zimage)
+    network = pack_module("model_families").describe(zimage)
     assert network.family.name == "Z-Image" and network.text_pad() == PAD
     for feature in ("truncation", "capture"):
         assert network.why_not(feature) is None, feature
@@ -76,7 +63,7 @@ def test_capture_reads_the_padded_joint_layer_only_and_equals_its_softmax(comfy,
     # q and k after the norms and RoPE: apply_rope (0.3.75), or newer ComfyUI's fused rms_rope (equal heads)
     kitchen = getattr(getattr(getattr(lumina, "comfy", None), "quant_ops", None), "ck", None)
     originals = {"apply_rope": lumina.apply_rope, "rms_rope": getattr(kitchen, "rms_rope", None)}
-    seen, contexts = [], []
+    seen = []
 
     def keep(name):
         def wrapped(xq, xk, *args, **kwargs):
@@ -87,25 +74,12 @@ def test_capture_reads_the_padded_joint_layer_only_and_equals_its_softmax(comfy,
         return wrapped
 
     prompt = "a square coaster next to a round mug"
-    g = graph("zimage", "z_image", prompt=prompt)
-    g["5"] = {"class_type": "AttentionMapCapture", "inputs": {"model": ["1", 0], **CAPTURE}}
-    g["7"] = ksampler(model=("5", 0), steps=1)
-    r0 = comfy.run({k: v for k, v in g.items() if k in ("1", "2", "3", "4", "9")}, outputs=["2", "3"])
-    positive, negative = r0.output_value("2")[0][0], r0.output_value("3")[0][0]
     dm = zimage.model.diffusion_model
-    handle = dm.cap_embedder.register_forward_hook(lambda m, i, o: contexts.append(i[0].detach().double().clone()))
-    monkeypatch.setattr(lumina, "apply_rope", keep("apply_rope"))
+    patches = [(lumina, "apply_rope", keep("apply_rope"))]
     if originals["rms_rope"] is not None:
-        monkeypatch.setattr(kitchen, "rms_rope", keep("rms_rope"))
-    try:
-        r = comfy.run(g, fresh_cache=False, outputs=["7"])
-    finally:
-        handle.remove()
-        monkeypatch.undo()
-    captured, capture = r.output_value("7")["samples"], r.output_value("5", 1)  # before the next run's cache
-    plain = comfy.run({k: v for k, v in g.items() if k in ("1", "2", "3", "4", "9")} | {"6": ksampler(steps=1)},
-                      fresh_cache=False, outputs=["6"])
-    assert torch.equal(captured, plain.output_value("6")["samples"])
+        patches.append((kitchen, "rms_rope", keep("rms_rope")))
+    capture, positive, negative, contexts = capture_while_watched(
+        comfy, held_graph("zimage", "z_image", prompt=prompt), dm.cap_embedder, patches, monkeypatch)
     run = capture.run
     lengths = {0: positive.shape[1], 1: negative.shape[1]}
     assert lengths[0] % PAD and lengths[1] % PAD and lengths[0] != lengths[1]  # both padded, differently
@@ -131,22 +105,16 @@ def test_capture_reads_the_padded_joint_layer_only_and_equals_its_softmax(comfy,
         # reading the unpadded layout ([T; N]) would give other maps: the padding is what makes them right
         wrong, _ = renormalised_block(q.transpose(1, 2), k.transpose(1, 2), (0, text), (text, n_img))
         assert (wrong[0].transpose(0, 1).reshape(text, 4, 4) - ref).abs().max() > 1e-3
-    sums = run.maps[0][0].float().sum(1)
-    assert torch.allclose(sums, torch.ones_like(sums), atol=2e-3)
-    # the view's token roles, position by position against core's encode (Z-Image keeps the template's
-    # prefix in its rows): one role per captured row, class weights the sums of the token means
-    clip = text_encoders.HeldCLIP.CLIPS["z_image"]
-    roles = template_roles(clip, prompt, keep_prefix=True)
-    assert len(roles) == lengths[0]
-    check_class_shares(run, view(capture, clip, prompt), roles)
+    # Z-Image keeps the chat template's prefix in its rows
+    check_maps_and_view_roles(capture, text_encoders.HeldCLIP.CLIPS["z_image"], prompt, True, lengths[0])
 
 
 def test_truncated_guidance_is_core_over_all_steps_and_eq9_in_a_window(comfy, zimage):
-    g = graph("zimage", "z_image")
-    check_window_over_all_steps_is_core(comfy, g)
+    g = held_graph("zimage", "z_image")
+    window_over_all_steps_is_core(comfy, g)
     # prompts of different token counts run as separate calls: cond and uncond on the guided step, uncond after
-    check_truncated_window(comfy, g, expected_calls=[1, 1, 1])
+    truncated_window_rows_and_eq9(comfy, g, expected_calls=[1, 1, 1])
 
 
 def test_text_cache_and_kv_patch_are_refused_with_the_reason(comfy, zimage):
-    check_joint_refusals(zimage, "Z-Image, NextDiT")
+    joint_refusals(zimage, "Z-Image, NextDiT")

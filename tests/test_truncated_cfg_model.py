@@ -7,11 +7,10 @@ import torch
 
 import graphs
 from devtools.harness import GraphError
+from guidance_events import reports
 from test_truncated_cfg_nodes import WINDOW_ALL, _controlnet, _Eq9Reference, truncated
 
-pytestmark = pytest.mark.comfy
-
-EVENT = "shapefirst.guidance"
+pytestmark = [pytest.mark.comfy, pytest.mark.usefixtures("browser_events")]
 
 
 def patch(model, **window):
@@ -41,18 +40,6 @@ def custom_nodes(g, model, out, steps=3, guider=None):
         "noise": [f"{out}n", 0], "guider": [f"{out}g", 0], "sampler": [f"{out}k", 0], "sigmas": [f"{out}s", 0],
         "latent_image": ["4", 0]}}
     return [out, f"{out}a"]
-
-
-@pytest.fixture(autouse=True)
-def browser_events(comfy, monkeypatch):
-    """The harness's server stands in for ComfyUI's, so the events sent to the browser land in r.messages."""
-    import server
-
-    monkeypatch.setattr(server.PromptServer, "instance", comfy.server, raising=False)
-
-
-def reports(r, node):
-    return [d["report"] for e, d in r.messages if e == EVENT and d["node"] == node]
 
 
 def test_window_over_all_steps_is_every_core_sampler_bit_for_bit(comfy, sd15_ckpt):

@@ -11,8 +11,6 @@ stand-in: one 64-wide row per token, the template's system part and user header 
 
 from __future__ import annotations
 
-import torch
-
 from tiny_files import build_state_dict, ensure_file, host_params
 
 NAME = "shapefirst-tiny-hv15-v1.safetensors"
@@ -41,32 +39,7 @@ def text_encoder(seed: int = 321):
     import comfy.text_encoders.hunyuan_video as hv
 
     from devtools.families import seeded_clip
+    from devtools.qwen_stand_in import stand_in_encoder
 
-    class HunyuanVideo15StandInEncoder(torch.nn.Module):
-        """Test only: one seeded row per token (id modulo STAND_IN_ROWS); no pooled output, no mask."""
-
-        def __init__(self, device="cpu", dtype=None, model_options={}):
-            super().__init__()
-            self.table = torch.nn.Parameter(torch.empty(STAND_IN_ROWS, CONTEXT, dtype=torch.float32),
-                                            requires_grad=False)
-            self.dtypes = {torch.float32}
-
-        def reset_clip_options(self):
-            pass
-
-        def set_clip_options(self, options):
-            pass
-
-        def load_sd(self, sd):
-            return self.load_state_dict(sd, strict=False)
-
-        def encode_token_weights(self, token_weight_pairs):
-            (pairs,) = token_weight_pairs["qwen25_7b"]
-            ids = [p[0] for p in pairs]
-            starts = [i for i, t in enumerate(ids) if t == 151644]  # <|im_start|>: the user turn is the second
-            start = starts[1] if len(starts) > 1 else 0
-            if ids[start + 1:start + 3] == [872, 198]:  # "user", newline
-                start += 3
-            return self.table[torch.tensor(ids[start:]) % STAND_IN_ROWS].unsqueeze(0).float(), None, {}
-
-    return seeded_clip(HunyuanVideo15StandInEncoder, hv.HunyuanVideo15Tokenizer, {}, {}, seed)
+    encoder = stand_in_encoder(CONTEXT, STAND_IN_ROWS, "HunyuanVideo 1.5")
+    return seeded_clip(encoder, hv.HunyuanVideo15Tokenizer, {}, {}, seed)

@@ -14,9 +14,11 @@ class core picks for the real files is the one the tiny model has.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
-from text_encoders import Held
+from text_encoders import Held, register_held_clips, unregister_held_clips
 
 
 def seeded_state_dict(config_class: str, unet_config: dict, seed: int) -> dict:
@@ -116,3 +118,17 @@ def unregister_held_latents() -> None:
 
     HeldLatent.LATENTS.clear()
     nodes.NODE_CLASS_MAPPINGS.pop(HeldLatent.NODE_ID, None)
+
+
+@contextlib.contextmanager
+def held(models: dict, clips: dict, latents: dict | None = None):
+    """The held models, CLIPs (``text_encoders.HeldCLIP``) and latents, by name, for the graphs run inside."""
+    register_held_models(**models)
+    register_held_clips(**clips)
+    register_held_latents(**(latents or {}))
+    try:
+        yield
+    finally:
+        unregister_held_models()
+        unregister_held_clips()
+        unregister_held_latents()
