@@ -72,8 +72,11 @@ class _Run:
     """scripts/sweep.py as a user starts it, its stderr read as it comes."""
 
     def __init__(self, args: list[str], cwd: Path):
+        # a terminal's SIGINT disposition, whatever this process inherited: a shell starts background jobs
+        # (e.g. a CI step run with &) with SIGINT ignored, and Python then leaves Ctrl-C ignored too
         self.proc = subprocess.Popen([sys.executable, str(SCRIPT), *args], cwd=cwd, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=subprocess.PIPE, text=True,
+                                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.err: list[str] = []
         self._reader = threading.Thread(target=lambda: self.err.extend(self.proc.stderr), daemon=True)
         self._reader.start()
