@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import logging
 import signal
 import sys
 import time
@@ -32,6 +33,16 @@ SIZES = {  # (quick, full) image size: the World (trained at 64 px) / a real che
     "real": (256, None),
 }
 
+
+
+# The demo's progress lines: on stdout, one line each, whatever logging ComfyUI sets up in this process.
+LOG = logging.getLogger("shapefirst.demo")
+if not LOG.handlers:
+    _handler = logging.StreamHandler(sys.stdout)
+    _handler.setFormatter(logging.Formatter("%(message)s"))
+    LOG.addHandler(_handler)
+    LOG.setLevel(logging.INFO)
+    LOG.propagate = False
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="demo.py", description=__doc__, formatter_class=HelpFormatter)
@@ -64,8 +75,7 @@ def default_checkpoint(models: Path) -> Path:
     from .world.assemble import FILES, file_name
 
     if not (Path(models) / FILES["checkpoint"][0] / file_name("checkpoint")).exists():
-        print("demo: assembling the ShapeFirst World checkpoint from devtools/world/params (once, a few seconds)...",
-              flush=True)
+        LOG.info("demo: assembling the ShapeFirst World checkpoint from devtools/world/params (once, a few seconds)...")
     return world.checkpoint(models)
 
 
@@ -142,8 +152,8 @@ def run_headless(args, rt: Runtime) -> int:
     info = h.object_info()
     files = _workflows(args.only)
     mode = "full (the paper's step counts)" if args.full else f"quick (at most {QUICK_STEPS} steps per sampler)"
-    print(f"demo: {len(files)} workflow(s), {mode}, images {size or 'as in each workflow'} px, "
-          f"{torch.get_num_threads()} torch thread(s)", flush=True)
+    LOG.info(f"demo: {len(files)} workflow(s), {mode}, images {size or 'as in each workflow'} px, "
+             f"{torch.get_num_threads()} torch thread(s)")
     rows, peaks, failures, shown = [], [], 0, {}
     wall0, cpu0 = time.perf_counter(), time.process_time()
     for k, path in enumerate(files, 1):
@@ -156,11 +166,11 @@ def run_headless(args, rt: Runtime) -> int:
         peaks.append(_peak_mb())  # the process's peak so far: the workflow that raises it holds the most
         elapsed = time.perf_counter() - wall0
         left = elapsed / k * (len(files) - k)
-        print(f"demo: [{k}/{len(files)}] {path.stem} {status} in {rows[-1][2]:.1f}s"
-              + ("" if saved is None else f", truncated guidance saved {100 * saved:.1f}% of the model work")
-              + f"; elapsed {_duration(elapsed)}, about {_duration(left)} left", flush=True)
+        LOG.info(f"demo: [{k}/{len(files)}] {path.stem} {status} in {rows[-1][2]:.1f}s"
+                 + ("" if saved is None else f", truncated guidance saved {100 * saved:.1f}% of the model work")
+                 + f"; elapsed {_duration(elapsed)}, about {_duration(left)} left")
         if status != "ok":
-            print(f"demo:   {notes[0]}", flush=True)
+            LOG.info(f"demo:   {notes[0]}")
     total = (time.perf_counter() - wall0, time.process_time() - cpu0)
     peak = _peak_mb()
     name = _summary_name(files, args.only)
@@ -171,9 +181,9 @@ def run_headless(args, rt: Runtime) -> int:
         {"workflows": [{"name": r[0], "result": r[1], "seconds": r[2], "cpu_seconds": r[3], "saved": r[4],
                         "peak_rss_mb_so_far": p} for r, p in zip(rows, peaks)],
          "seconds": total[0], "cpu_seconds": total[1], "peak_rss_mb": peak}, indent=1))
-    print(f"demo: {sum(r[1] == 'ok' for r in rows)} of {len(rows)} workflows ran in {_duration(total[0])} "
-          f"(CPU time {_duration(total[1])})" + (f", peak memory {peak:.0f} MB" if peak else "")
-          + f"; summary: {summary_path}", flush=True)
+    LOG.info(f"demo: {sum(r[1] == 'ok' for r in rows)} of {len(rows)} workflows ran in {_duration(total[0])} "
+             f"(CPU time {_duration(total[1])})" + (f", peak memory {peak:.0f} MB" if peak else "")
+             + f"; summary: {summary_path}")
     return 1 if failures else 0
 
 
@@ -241,21 +251,21 @@ def run_ui(args, rt: Runtime) -> int:
     ckpt, is_world = _checkpoint(args, rt)
     base = prepare_base(UI_BASE, [ckpt])
     srv = ComfyServer(rt.python, rt.comfyui, base, port=args.port)
-    print(f"demo: starting ComfyUI (log: {srv.log_path}) ...", flush=True)
+    LOG.info(f"demo: starting ComfyUI (log: {srv.log_path}) ...")
     try:
         srv.start()
         copies = None
         if is_world:  # the copies' steps widgets are found from the node definitions the server serves
             info = srv.get_json("/object_info")
             copies = write_ui_copies(base / "user", sd15_workflows(WORKFLOWS), ckpt.name, info)
-        print(f"demo: ComfyUI is running at {srv.url} with ShapeFirst and the checkpoint {ckpt.name}"
-              + (" (ShapeFirst World)." if is_world else "."))
+        LOG.info(f"demo: ComfyUI is running at {srv.url} with ShapeFirst and the checkpoint {ckpt.name}"
+                 + (" (ShapeFirst World)." if is_world else "."))
         for line in ui_message(sorted(WORKFLOWS.glob("*.json")), base / "models", ckpt, copies, UI_STEPS):
-            print(f"demo: {line}")
-        print("demo: Ctrl-C stops ComfyUI.", flush=True)
+            LOG.info(f"demo: {line}")
+        LOG.info("demo: Ctrl-C stops ComfyUI.")
         while srv.proc.poll() is None:
             time.sleep(1)
-        print(srv.log_tail(), file=sys.stderr)
+        LOG.error(srv.log_tail())
         return srv.proc.returncode or 1
     except KeyboardInterrupt:
         return 0
