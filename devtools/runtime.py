@@ -242,6 +242,28 @@ def source_version(src: Path) -> str:
     return "src-" + hashlib.sha256(str(src).encode()).hexdigest()[:10]
 
 
+# What a build writes, measured on a fresh clone: the venv holds 1.8 GB, pip unpacks wheels beside it
+# (torch alone is 0.9 GB unpacked), and ComfyUI plus the first test models take a few hundred MB more.
+# SHAPEFIRST_BUILD_NEEDS_GB overrides it (a smaller disk that is known to suffice, or a test).
+BUILD_NEEDS_GB = 3.0
+
+
+def check_free_space(folder: Path, need_gb: float, what: str) -> None:
+    """Refuse, before writing anything, when ``folder``'s disk has less than ``need_gb`` GB free.
+
+    A full disk half-way through a pip install leaves a broken venv and a pip traceback that names a
+    file inside it; this names the folder, the numbers and the ways out instead."""
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    free_gb = shutil.disk_usage(probe).free / 1e9
+    if free_gb < need_gb:
+        raise RuntimeError_(
+            f"{what} needs about {need_gb:.1f} GB free on the disk of {folder}; {free_gb:.1f} GB is free. "
+            "Free some space (an old .runtime folder of another clone is the usual culprit), or set "
+            "COMFYUI_PATH (and COMFYUI_PYTHON) to a ComfyUI you already have, so nothing is installed.")
+
+
 def _create_venv(venv: Path, python: Path) -> None:
     if python.exists():
         return
@@ -288,6 +310,9 @@ def _build(root: Path, comfyui: Path, constraints_text: str, src: Path | None) -
         except (OSError, ValueError):
             pass
 
+    if not python.exists():
+        need = float(os.environ.get("SHAPEFIRST_BUILD_NEEDS_GB", BUILD_NEEDS_GB))
+        check_free_space(root, need, "Building the ComfyUI runtime")
     root.mkdir(parents=True, exist_ok=True)
     stamp.unlink(missing_ok=True)
     _create_venv(venv, python)

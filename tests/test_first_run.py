@@ -81,6 +81,20 @@ def test_help_answers_without_building_or_importing_torch(script, tmp_path):
     assert not (tmp_path / "runtime").exists()  # nothing built, not even the runtime folder
 
 
+def test_a_disk_too_full_for_the_runtime_is_refused_before_anything_is_written(tmp_path):
+    """A full disk half-way through pip leaves a broken venv and a traceback naming a file inside it (CI
+    once stopped so after 45 s): the builder checks the free space first and names the way out."""
+    env = {k: v for k, v in _env(SHAPEFIRST_RUNTIME_DIR=str(tmp_path / "runtime"),
+                                 SHAPEFIRST_BUILD_NEEDS_GB="1e9").items()
+           if k not in ("COMFYUI_PATH", "SHAPEFIRST_COMFYUI_SRC")}
+    proc = subprocess.run([sys.executable, "scripts/runtime.py"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "needs about 1000000000.0 GB free" in proc.stderr and "COMFYUI_PATH" in proc.stderr
+    assert str(tmp_path / "runtime") in proc.stderr
+    assert not (tmp_path / "runtime").exists()  # refused before the first write
+
+
 def test_help_shows_the_defaults_a_user_needs():
     proc = subprocess.run([sys.executable, "-c", HELP_RUNNER, "scripts/demo.py", "--help"], cwd=REPO, env=_env(),
                           capture_output=True, text=True, timeout=60)
