@@ -203,8 +203,6 @@ class RunRecorder:
         self.runs_started += 1
         self.last_run_complete = False
         self.sampler = getattr(executor, "class_obj", None)
-        self.begin(guider, sigmas, extra_args, noise)
-        self.active = True
         completed = False
 
         def step_callback(step, x0, x, total_steps):
@@ -212,7 +210,9 @@ class RunRecorder:
             if callback is not None:
                 return callback(step, x0, x, total_steps)
 
-        try:
+        try:  # finish() runs whatever happens from begin() on: no run state outlives the run
+            self.begin(guider, sigmas, extra_args, noise)
+            self.active = True
             out = executor(guider, sigmas, extra_args, step_callback, noise, *args, **kwargs)
             self.on_result(out)
             completed = True

@@ -200,8 +200,11 @@ class TruncationController(RunRecorder):
             if self.on_finish is not None:
                 self.on_finish(self.report.as_dict())
         finally:
-            self.schedule = None
-            self._pending = []
+            # nothing of the run survives it: the guider holds the model this controller is attached to (a
+            # reference cycle would keep both until a full collection, and ComfyUI warns of a leak when a
+            # patched clone and its parent then die together), the flags are device tensors
+            self.schedule, self._guider = None, None
+            self._pending, self._off_step = [], {}
 
     # -- wrappers ---------------------------------------------------------------------------------
     def diffusion_model_wrapper(self, executor, *args, **kwargs):

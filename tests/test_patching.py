@@ -99,3 +99,69 @@ def test_every_feature_reads_the_network_the_model_runs(comfy):
     with pytest.raises(ValueError, match=r"EOSSwapKVPatch: EOS Swap K/V Patch does not apply to this model \(Flux\)"):
         _pack("kv_swap").patch_model(replaced)
     assert _pack("model_families").describe(pixart).family.name == "PixArt"
+
+
+# -- nothing of a run survives it -------------------------------------------------------------------------------
+
+def _patched_graph(ckpt: str, patch: str) -> dict:
+    """Checkpoint -> core ModelSamplingDiscrete (a clone that lives only as long as the executor's cache of this
+    prompt, as a LoRA or any model node before ours) -> the pack's ``patch`` -> core sampling."""
+    import graphs
+    from test_truncated_cfg_nodes import WINDOW_ALL
+
+    window = {**WINDOW_ALL, "guidance_end": 0.5}
+    g = graphs.base(ckpt)
+    g["20"] = {"class_type": "ModelSamplingDiscrete",
+               "inputs": {"model": ["1", 0], "sampling": "eps", "zsnr": False}}
+    model = ["20", 0]
+    if patch == "TruncatedCFGModel":
+        g["21"] = {"class_type": patch, "inputs": {"model": model, **window, "text_cache": "tail_output"}}
+    elif patch in ("EOSSwapKVPatch", "FrequencyTrace"):
+        g["21"] = {"class_type": patch, "inputs": {"model": model}}
+    elif patch == "AttentionMapCapture":
+        g["21"] = {"class_type": patch, "inputs": {"model": model, "record_uncond": True, "step_stride": 1,
+                                                   "max_tokens": 77, "max_grid": 64, "keep_layers": False,
+                                                   "memory_limit_mb": 1024.0}}
+    if "21" in g:
+        g["5"] = graphs.ksampler(("21", 0), ("4", 0), steps=4)
+    elif patch == "TruncatedCFGSampler":
+        g["5"] = {"class_type": patch, "inputs": {
+            "model": model, "seed": 1, "steps": 4, "cfg": 7.5, "sampler_name": "euler", "scheduler": "normal",
+            "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "denoise": 1.0, **window}}
+    else:  # TruncatedCFGGuider under core SamplerCustomAdvanced
+        g["21"] = {"class_type": patch, "inputs": {"model": model, "positive": ["2", 0], "negative": ["3", 0],
+                                                   "cfg": 7.5, **window}}
+        g["22"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": 1}}
+        g["23"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}
+        g["24"] = {"class_type": "BasicScheduler", "inputs": {"model": model, "scheduler": "normal", "steps": 4,
+                                                             "denoise": 1.0}}
+        g["5"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["22", 0], "guider": ["21", 0], "sampler": ["23", 0], "sigmas": ["24", 0],
+            "latent_image": ["4", 0]}}
+    g["6"] = {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}}
+    g["7"] = {"class_type": "PreviewImage", "inputs": {"images": ["6", 0]}}
+    return g
+
+
+@pytest.mark.parametrize("patch", ["TruncatedCFGModel", "TruncatedCFGSampler", "TruncatedCFGGuider",
+                                   "EOSSwapKVPatch", "AttentionMapCapture", "FrequencyTrace"])
+def test_a_sampled_patch_leaves_comfyui_no_dead_model(comfy, sd15_ckpt, patch):
+    """When the next prompt no longer holds our clone and the clone it was made from, both must be freed as core's
+    own clones are, by reference counting. A reference cycle through the run's state (the guider holds the model,
+    the model holds the patch) frees them only in a full collection, both at once, after ComfyUI could switch its
+    entry for the loaded model to the parent: it then keeps an entry whose model is gone ("WARNING, memory leak
+    with model BaseModel") and runs a full garbage collection before every later model load of the session."""
+    import gc
+
+    import comfy.model_management as mm
+
+    g = _patched_graph(sd15_ckpt, patch)
+    comfy.run(g)
+    # the next prompt shares the cached checkpoint but samples nothing with it: the first prompt's clones are dropped
+    decode_only = {"1": g["1"], "4": g["4"], "6": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0],
+                                                                                       "vae": ["1", 2]}},
+                   "7": g["7"]}
+    comfy.run(decode_only, fresh_cache=False)
+    gc.collect()
+    dead = [type(lm.real_model()).__name__ for lm in mm.current_loaded_models if lm.is_dead()]
+    assert not dead, f"{patch}: ComfyUI holds models whose patcher died in a reference cycle: {dead}"
