@@ -4,6 +4,7 @@
     python3 benchmarks/truncated_cfg.py                 # tiny SD1.5, CPU, 128 px
     python3 benchmarks/truncated_cfg.py --full --size 512 --gpu   # full SD1.5 arch
     python3 benchmarks/truncated_cfg.py --quick --size 64 --rounds 20   # ours vs ideal only
+    python3 benchmarks/truncated_cfg.py --peers-only --model sdxl --peers DIR   # SDXL against T-GATE
 
 Runs inside the ComfyUI runtime of devtools/runtime.py (built on first use).
 
@@ -59,12 +60,18 @@ PAPER = {("ddim", 0): 0.0, ("ddim", 10): 7.84, ("ddim", 20): 18.10, ("ddim", 30)
          ("ddim", 50): 48.47, ("dpmpp_2m", 5): 8.36, ("dpmpp_2m", 10): 17.95, ("dpmpp_2m", 15): 26.11,
          ("dpmpp_2m", 20): 34.86, ("dpmpp_2m", 25): 47.60, ("dpmpp_2m", 0): 0.0}
 SETTINGS = [("ddim", "ddim_uniform", 50, 10), ("dpmpp_2m", "normal", 25, 5)]
+# the UNet families every section runs on (T-GATE patches their transformer blocks; the DiT families' exact
+# mode is checked by the row counts and step references of tests/test_families*.py)
+MODELS = {"sd15": "SD1.5", "sd2x": "SD2.x", "sdxl": "SDXL"}
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--size", type=int, default=128, help="image size in pixels (latent = size / 8)")
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds of every group")
+    ap.add_argument("--model", choices=sorted(MODELS), default="sd15",
+                    help="architecture of the random-weight checkpoint (reduced depth, as the tests build it): "
+                         + "; ".join(f"{k} = {v}" for k, v in sorted(MODELS.items())))
     ap.add_argument("--full", action="store_true", help="full SD1.5 architecture (random weights, 2 GB)")
     ap.add_argument("--gpu", action="store_true", help="run on the GPU (default: CPU)")
     ap.add_argument("--threads", type=int, default=1,
@@ -79,7 +86,10 @@ def parse_args(argv=None):
     ap.add_argument("--gate", type=float, default=0.4, help="peers section: guided share of the schedule")
     ap.add_argument("--peer-steps", type=int, default=25, help="peers section: DPM++ 2M steps")
     ap.add_argument("--pairs", type=int, default=8, help="paired runs for the overhead section (0: skip it)")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.full and args.model != "sd15":
+        ap.error("--full is the full SD1.5 architecture: leave --model out (or --model sd15) with it")
+    return args
 
 
 def main(args) -> int:
@@ -87,7 +97,7 @@ def main(args) -> int:
         args.only = "peers"
 
     boot.quiet_logs()
-    kind = "sd15_full" if args.full else "sd15"
+    kind = "sd15_full" if args.full else args.model
     work = Path(tempfile.mkdtemp(prefix="shapefirst-bench-"))
     checkpoints_dir = Path(boot.runtime().models) / "checkpoints"
     ComfyHarness(work, checkpoints_dir, cpu=not args.gpu).boot()
@@ -130,7 +140,7 @@ def main(args) -> int:
     device = "GPU" if args.gpu else "CPU"
     sync = torch.cuda.synchronize if args.gpu else (lambda: None)
     clock = time.perf_counter if args.gpu else time.process_time
-    print(f"# truncated guidance benchmark: {kind} ({'full' if args.full else 'reduced depth'} SD1.5 "
+    print(f"# truncated guidance benchmark: {kind} ({'full' if args.full else 'reduced depth'} {MODELS[args.model]} "
           f"architecture, random weights), {args.size}x{args.size} px, {device}"
           f"{'' if args.gpu else f' ({torch.get_num_threads()} torch threads, process CPU time)'}, {args.rounds} rounds, "
           "medians")
