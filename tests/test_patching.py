@@ -107,27 +107,21 @@ def _patched_graph(ckpt: str, patch: str) -> dict:
     """Checkpoint -> core ModelSamplingDiscrete (a clone that lives only as long as the executor's cache of this
     prompt, as a LoRA or any model node before ours) -> the pack's ``patch`` -> core sampling."""
     import graphs
-    from test_truncated_cfg_nodes import WINDOW_ALL
+    from attention_checks import CAPTURE
+    from test_truncated_cfg_nodes import WINDOW_ALL, truncated
 
     window = {**WINDOW_ALL, "guidance_end": 0.5}
     g = graphs.base(ckpt)
     g["20"] = {"class_type": "ModelSamplingDiscrete",
                "inputs": {"model": ["1", 0], "sampling": "eps", "zsnr": False}}
     model = ["20", 0]
-    if patch == "TruncatedCFGModel":
-        g["21"] = {"class_type": patch, "inputs": {"model": model, **window, "text_cache": "tail_output"}}
-    elif patch in ("EOSSwapKVPatch", "FrequencyTrace"):
-        g["21"] = {"class_type": patch, "inputs": {"model": model}}
-    elif patch == "AttentionMapCapture":
-        g["21"] = {"class_type": patch, "inputs": {"model": model, "record_uncond": True, "step_stride": 1,
-                                                   "max_tokens": 77, "max_grid": 64, "keep_layers": False,
-                                                   "memory_limit_mb": 1024.0}}
-    if "21" in g:
+    inputs = {"TruncatedCFGModel": {**window, "text_cache": "tail_output"}, "EOSSwapKVPatch": {},
+              "FrequencyTrace": {}, "AttentionMapCapture": CAPTURE}
+    if patch in inputs:
+        g["21"] = {"class_type": patch, "inputs": {"model": model, **inputs[patch]}}
         g["5"] = graphs.ksampler(("21", 0), ("4", 0), steps=4)
     elif patch == "TruncatedCFGSampler":
-        g["5"] = {"class_type": patch, "inputs": {
-            "model": model, "seed": 1, "steps": 4, "cfg": 7.5, "sampler_name": "euler", "scheduler": "normal",
-            "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "denoise": 1.0, **window}}
+        g["5"] = truncated(model, ("4", 0), window=window, steps=4)
     else:  # TruncatedCFGGuider under core SamplerCustomAdvanced
         g["21"] = {"class_type": patch, "inputs": {"model": model, "positive": ["2", 0], "negative": ["3", 0],
                                                    "cfg": 7.5, **window}}
